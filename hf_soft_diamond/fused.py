@@ -1,0 +1,142 @@
+"""Run one elementwise kernel over many tensors, eagerly or fused by ``torch.compile``.
+
+A regularizer's per-step work is elementwise over every regularized weight. Eagerly,
+an expression such as a table lookup with interpolation is a dozen passes over
+memory (one per torch op). Compiled with inductor it becomes one loop per tensor
+that reads each weight once. :class:`TensorwiseKernel` hides that choice:
+
+* ``backend="eager"``: call the Python function as is (always available).
+* ``backend="compile"``: the loop over all tensors of a parameter group is one
+  ``torch.compile``-d graph (one fused loop per tensor, one Python call per step);
+  scalars are passed as 0-d float64 tensors so a changing learning rate never
+  recompiles.
+* ``backend="auto"`` (default): ``compile`` when inductor can build kernels here
+  (a C++ compiler for CPU tensors, Triton for CUDA), else ``eager``. Set the
+  environment variable ``HF_SOFT_DIAMOND_COMPILE=0`` to force eager.
+
+If compilation fails at run time the kernel warns once and falls back to eager,
+so training never stops because of the fast path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "compile", "eager"]
+BACKENDS: tuple[str, ...] = ("auto", "compile", "eager")
+
+
+@functools.cache
+def compile_available(device_type: str) -> bool:
+    """Whether ``torch.compile`` (inductor) can generate kernels for ``device_type``."""
+    if os.environ.get("HF_SOFT_DIAMOND_COMPILE", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    if not hasattr(torch, "compile"):
+        return False
+    if device_type == "cpu":
+        return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in float32, or as is when it is already float32/float64 (bf16/fp16 are upcast)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def validate_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"`fused_backend` must be one of {BACKENDS}, got {backend!r}.")
+    return backend
+
+
+class TensorwiseKernel:
+    """Apply ``fn(*tensors, *scalars)`` to matching tensors of several lists, in place.
+
+    ``fn`` is elementwise torch code for one tensor (any shape or strides) that
+    mutates its tensor arguments in place and returns ``None``; scalars arrive as
+    0-d float64 tensors. With the ``compile`` backend the whole loop over the
+    lists is one compiled graph (one kernel per tensor, one Python call per step);
+    it is compiled once per distinct list of shapes (i.e. once per parameter group).
+    """
+
+    def __init__(self, fn: Callable[..., None], backend: Backend = "auto") -> None:
+        self.fn = fn
+        self.backend = validate_backend(backend)
+        self._compiled: Callable[..., None] | None = None
+        self._compile_failed = False
+
+    def uses_compile(self, device_type: str) -> bool:
+        if self.backend == "eager" or self._compile_failed:
+            return False
+        if self.backend == "compile":
+            return True
+        return compile_available(device_type)
+
+    def _loop(self, tensor_lists: Sequence[Sequence[Tensor]], scalars: Sequence[Tensor]) -> None:
+        for tensors in zip(*tensor_lists):
+            self.fn(*tensors, *scalars)
+
+    def _get_compiled(self) -> Callable[..., None]:
+        if self._compiled is None:
+            self._compiled = torch.compile(self._loop, dynamic=False, fullgraph=True)
+        return self._compiled
+
+    def __call__(self, tensor_lists: Sequence[Sequence[Tensor]], scalars: Sequence[float] = ()) -> None:
+        tensor_lists = [list(lst) for lst in tensor_lists]
+        if not tensor_lists or not tensor_lists[0]:
+            return
+        if any(len(lst) != len(tensor_lists[0]) for lst in tensor_lists):
+            raise ValueError("all tensor lists must have the same length")
+        device = tensor_lists[0][0].device
+        scalar_tensors = [torch.tensor(float(s), dtype=torch.float64, device=device) for s in scalars]
+        if not self.uses_compile(device.type):
+            self._loop(tensor_lists, scalar_tensors)
+            return
+        try:
+            self._get_compiled()(tensor_lists, scalar_tensors)
+        except Exception as err:  # noqa: BLE001 - any inductor failure: fall back, once
+            self._compile_failed = True
+            warnings.warn(
+                f"hf_soft_diamond: torch.compile failed for {getattr(self.fn, '__name__', self.fn)} "
+                f"({type(err).__name__}: {err}); falling back to eager kernels.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._loop(tensor_lists, scalar_tensors)
+
+
+def _non_finite_flags(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.stack([~torch.isfinite(t).all() for t in tensors])
+
+
+_compiled_flags: dict[str, Callable[..., Tensor]] = {}
+
+
+def non_finite_indices(tensors: Sequence[Tensor], backend: Backend = "auto") -> list[int]:
+    """Indices of the tensors holding NaN or Inf (one read pass; one host sync)."""
+    tensors = list(tensors)
+    if not tensors:
+        return []
+    device_type = tensors[0].device.type
+    fn: Callable[..., Tensor] = _non_finite_flags
+    if backend != "eager" and (backend == "compile" or compile_available(device_type)):
+        fn = _compiled_flags.setdefault(device_type, torch.compile(_non_finite_flags, dynamic=False))
+    try:
+        flags = fn(tensors)
+    except Exception:  # noqa: BLE001 - fall back to eager on any compile failure
+        flags = _non_finite_flags(tensors)
+    return torch.nonzero(flags).flatten().tolist()

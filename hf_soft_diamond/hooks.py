@@ -1,0 +1,179 @@
+"""Wire a :class:`~hf_soft_diamond.regularizers.Regularizer` into any torch optimizer.
+
+:func:`attach_regularizer` registers optimizer step hooks
+(``register_step_pre_hook`` / ``register_step_post_hook``), so the regularizer acts
+once per *optimizer* step, whatever loop drives it (``transformers.Trainer``,
+``accelerate``, plain PyTorch):
+
+* coupled mode: before the step, ``strength * dR/dw`` is added to ``.grad``. By then
+  gradients are accumulated, all-reduced, unscaled and clipped, so the prior's pull
+  does not depend on accumulation steps, world size or loss scaling (and is not
+  clipped). Parameters whose ``.grad`` is ``None`` are skipped, as the optimizer
+  skips them.
+* decoupled mode: ``decoupled_pre_step_`` before and ``decoupled_post_step_`` after the
+  optimizer's own update, with each parameter group's *scheduled* ``lr``.
+* an fp16 step that ``GradScaler`` skips (inf/NaN gradients) never calls
+  ``optimizer.step``, so the regularizer does not act or advance either.
+* the regularizer's progress (``step``, used by schedules) rides inside
+  ``optimizer.state_dict()`` under the key ``"hf_soft_diamond"``, so every
+  checkpointing path that saves the optimizer (Trainer, accelerate) resumes it.
+* every ``check_finite_every`` optimizer steps (default 1: every step) the
+  regularized weights are checked after the step, one fused read pass; NaN or Inf
+  raises ``FloatingPointError`` naming the parameters (``on_nonfinite="warn"`` only
+  warns), so a diverging run stops at the step it diverged instead of training on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .fused import non_finite_indices
+from .regularizers.base import Regularizer
+
+STATE_KEY = "hf_soft_diamond"
+
+
+class RegularizerHandle:
+    """What :func:`attach_regularizer` returns: the live wiring of one regularizer."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, regularizer: Regularizer,
+                 named_params: list[tuple[str, nn.Parameter]], on_nonfinite: Literal["raise", "warn"],
+                 check_finite_every: int = 1) -> None:
+        if on_nonfinite not in ("raise", "warn"):
+            raise ValueError(f"`reg_on_nonfinite` must be 'raise' or 'warn', got {on_nonfinite!r}.")
+        if int(check_finite_every) < 0:
+            raise ValueError(f"`check_finite_every` must be >= 0 (0: never), got {check_finite_every!r}.")
+        self.check_finite_every = int(check_finite_every)
+        self.optimizer = optimizer
+        self.regularizer = regularizer
+        self.named_params = named_params
+        self.on_nonfinite = on_nonfinite
+        self._names = {id(p): n for n, p in named_params}
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in named_params if id(p) not in in_optimizer]
+        if missing:
+            raise ValueError(
+                f"regularized parameters are not in the optimizer: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}; build the optimizer over them first."
+            )
+        doubled = sorted({g.get("weight_decay", 0.0) for g in optimizer.param_groups
+                          if g.get("weight_decay", 0.0) and any(id(p) in self._names for p in g["params"])})
+        if doubled and regularizer.strength > 0:
+            warnings.warn(
+                f"hf_soft_diamond: the optimizer also applies weight_decay={doubled} to regularized parameters, "
+                f"on top of the {regularizer.name!r} regularizer; set weight_decay=0 for them unless you "
+                f"want both.", UserWarning, stacklevel=3)
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+            optimizer.register_state_dict_post_hook(self._save_state),
+            optimizer.register_load_state_dict_pre_hook(self._load_state),
+        ]
+
+    # ------------------------------------------------------------ public
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_params]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.named_params]
+
+    def penalty(self) -> float:
+        """``strength * R(w)`` of the regularized weights now (no gradient), as a float."""
+        return float(self.regularizer.penalty(self.params))
+
+    def remove(self) -> None:
+        """Detach every hook; the optimizer behaves as if never regularized."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.regularizer.forget_buffers()
+
+    # ------------------------------------------------------------ hooks
+    def _groups(self) -> Iterable[tuple[list[Tensor], float]]:
+        for group in self.optimizer.param_groups:
+            params = [p for p in group["params"] if id(p) in self._names]
+            if params:
+                yield params, float(group["lr"])
+
+    @torch.no_grad()
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        reg = self.regularizer
+        if reg.strength == 0.0:
+            return
+        for params, lr in self._groups():
+            if reg.mode == "coupled":
+                params = [p for p in params if p.grad is not None]
+                if params:
+                    reg.add_coupled_grad_(params, [p.grad for p in params], lr)
+            else:
+                reg.decoupled_pre_step_(params, lr)
+
+    @torch.no_grad()
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        reg = self.regularizer
+        if reg.mode == "decoupled" and reg.strength != 0.0:
+            for params, lr in self._groups():
+                reg.decoupled_post_step_(params, lr)
+        reg.step += 1
+        if self.check_finite_every and reg.strength != 0.0 and reg.step % self.check_finite_every == 0:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        params = self.params
+        bad = non_finite_indices(params, self.regularizer.fused_backend)
+        if not bad:
+            return
+        names = [self.names[i] for i in bad]
+        msg = (f"hf_soft_diamond: non-finite weights in regularized parameters {names[:5]} after optimizer "
+               f"step {self.regularizer.step} ({self.regularizer.name}, {self.regularizer.mode}); check the "
+               f"learning rate, reg_strength and the data loss.")
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _save_state(self, optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict[STATE_KEY] = {"regularizer": self.regularizer.name, **self.regularizer.state_dict()}
+        return state_dict
+
+    def _load_state(self, optimizer, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.pop(STATE_KEY, None)
+        if saved is not None:
+            self.regularizer.load_state_dict(saved)
+
+
+def attach_regularizer(
+    optimizer: torch.optim.Optimizer,
+    regularizer: Regularizer,
+    params: nn.Module | Iterable[tuple[str, nn.Parameter]] | Iterable[nn.Parameter],
+    *,
+    on_nonfinite: Literal["raise", "warn"] = "raise",
+    check_finite_every: int = 1,
+) -> RegularizerHandle:
+    """Make ``optimizer.step()`` apply ``regularizer`` to ``params``.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (for decoupled regularizers, build it
+            with ``weight_decay=0`` on these parameters, or the decay is applied twice).
+        regularizer: e.g. ``build_regularizer("sas", strength=1e-4, alpha=1.5, gamma=0.5)``.
+        params: a model (the default selection rule of
+            :func:`~hf_soft_diamond.regularizers.select_parameters` is applied), or
+            ``(name, parameter)`` pairs, or bare parameters.
+        on_nonfinite: ``"raise"`` (default) or ``"warn"``.
+        check_finite_every: check the weights every this many steps (0: never).
+    """
+    if isinstance(params, nn.Module):
+        from .regularizers.selection import select_parameters
+
+        named = select_parameters(params)
+    else:
+        named = []
+        for i, item in enumerate(params):
+            named.append(item if isinstance(item, tuple) else (f"param_{i}", item))
+    return RegularizerHandle(optimizer, regularizer, named, on_nonfinite, check_finite_every)

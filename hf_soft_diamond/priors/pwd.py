@@ -1,0 +1,36 @@
+"""Decoupled weight decay for any p norm (pWD), Outmezguine & Levi, arXiv 2404.10824.
+
+METHODS.md section 3. With ``X = |w_t|^(2-p)`` computed from the weights *before*
+the optimizer step and ``w_hat`` the optimizer's own step (weight_decay = 0)::
+
+    w_{t+1} = w_hat * X / (X * (1 + lr*lambda_2) + p * lr * lambda)
+
+``lambda_2`` is the optional elastic-net L2 strength (0 by default). Convention of
+the authors' code, kept here: the decay multiplies ``p * lr * lambda``; at p = 2 the
+factor ``1/(1 + 2*lr*lambda)`` equals AdamW with ``weight_decay = 2*lambda`` to first
+order. Zero is absorbing: X = 0 gives factor 0. For p < 2 and ``p*lr*lambda > 0``
+there is no division by zero.
+
+The factor is split from its application because it is computed before the step
+(from ``w_t``) and applied after it (to ``w_hat``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pwd_factor(w: Tensor, p: Tensor | float, decay: Tensor | float, l2_decay: Tensor | float = 0.0) -> Tensor:
+    """Multiplicative pWD factor ``X / (X*(1+l2_decay) + decay)`` with ``X = |w|^(2-p)``.
+
+    Args:
+        w: weights before the step.
+        p: the norm's exponent, 0 < p <= 2.
+        decay: ``p * lr * lambda`` (already multiplied, see module docstring).
+        l2_decay: ``lr * lambda_2`` for the elastic-net form, 0 for plain pWD.
+    """
+    x = w.abs().pow(2.0 - p)
+    denom = x * (1.0 + l2_decay) + decay
+    # decay == 0 (strength 0, or lr 0 during warm-up) and w == 0: no decay, not 0/0.
+    return torch.where(denom > 0, x / denom, torch.ones_like(x))

@@ -1,0 +1,35 @@
+"""Regularizers by name: ``none``, ``l2``, ``l1``, ``lp``, ``sas``, ``pwd``.
+
+``build_regularizer(name, **hyperparameters)`` builds one; ``available_regularizers()``
+lists the names; ``select_parameters(model, ...)`` picks the weights they act on.
+"""
+
+from .base import (
+    MODES,
+    Regularizer,
+    available_regularizers,
+    build_regularizer,
+    get_regularizer_class,
+    register_regularizer,
+)
+from .lp import L1Regularizer, L2Regularizer, LpRegularizer, NoRegularizer
+from .pwd import PWDRegularizer
+from .sas import SaSRegularizer
+from .selection import regularized_names, select_parameters
+
+__all__ = [
+    "MODES",
+    "L1Regularizer",
+    "L2Regularizer",
+    "LpRegularizer",
+    "NoRegularizer",
+    "PWDRegularizer",
+    "Regularizer",
+    "SaSRegularizer",
+    "available_regularizers",
+    "build_regularizer",
+    "get_regularizer_class",
+    "register_regularizer",
+    "regularized_names",
+    "select_parameters",
+]
