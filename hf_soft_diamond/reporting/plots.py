@@ -1,0 +1,183 @@
+"""Headless matplotlib figures saved as PNG next to a run's results.
+
+* :func:`plot_weight_histogram`: histogram of the regularized weights on a log-count
+  axis, with the prior family's density overlaid (SaS at the run's alpha for ``sas``,
+  Gaussian for ``l2``, Laplace for ``l1``/``pwd``/``lp``), its scale fitted to the weights
+  by maximum likelihood (the run's own prior, at its gamma, is drawn dashed for ``sas``).
+* :func:`plot_prune_curves`: task metric against the pruned fraction, one line per run.
+* :func:`plot_layer_sparsity`: per-layer fraction of ``|w| <= tau`` as horizontal bars.
+* :func:`plot_spectrum_history`: per-layer Hill alpha over training steps.
+
+Every function returns the path it wrote. Figures never depend on global pyplot
+state (an ``Agg`` figure per call), so they are safe in training processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import optimize, stats
+
+
+def _new_figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, object]:
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+def _as_numpy(weights: torch.Tensor | np.ndarray | Sequence[torch.Tensor]) -> np.ndarray:
+    if isinstance(weights, np.ndarray):
+        return weights.ravel().astype(np.float64)
+    if isinstance(weights, torch.Tensor):
+        return weights.detach().float().cpu().numpy().ravel().astype(np.float64)
+    return np.concatenate([_as_numpy(w) for w in weights]) if len(weights) else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class FittedPrior:
+    """A prior family fitted to weights: its label, fitted parameters and density."""
+
+    label: str
+    params: dict[str, float]
+    pdf: Callable[[np.ndarray], np.ndarray]
+
+
+def fitted_prior_density(regularizer: str, weights: np.ndarray, *, alpha: float | None = None) -> FittedPrior:
+    """Maximum-likelihood fit (zero location) of the run's prior family to ``weights``.
+
+    ``l2``: Gaussian (sigma); ``sas``: SaS at the given alpha (dispersion gamma);
+    anything else (``l1``, ``lp``, ``pwd``, ``none``): Laplace (scale b).
+    """
+    w = weights[np.isfinite(weights)]
+    if regularizer == "l2" or (regularizer == "sas" and alpha == 2.0):
+        sigma = float(np.sqrt(np.mean(w**2))) or 1e-12
+        return FittedPrior(f"Gaussian fit, sigma={sigma:.3g}", {"sigma": sigma},
+                           lambda x: stats.norm.pdf(x, scale=sigma))
+    if regularizer == "sas" and alpha is not None:
+        from ..priors.sas import sas_log_pdf
+
+        sample = w if w.size <= 200_000 else np.random.default_rng(0).choice(w, 200_000, replace=False)
+        t = torch.from_numpy(sample)
+
+        def nll(log_gamma: float) -> float:
+            return -float(sas_log_pdf(t, alpha, math.exp(log_gamma)).sum())
+
+        scale0 = float(np.median(np.abs(sample))) or 1e-6
+        center = alpha * math.log(scale0)  # log dispersion of a prior whose scale is the median |w|
+        res = optimize.minimize_scalar(nll, bounds=(center - 12.0, center + 12.0), method="bounded",
+                                       options={"xatol": 1e-6})
+        gamma = math.exp(res.x)
+        return FittedPrior(
+            f"SaS fit, alpha={alpha:g}, gamma={gamma:.3g}", {"alpha": alpha, "gamma": gamma},
+            lambda x: np.exp(sas_log_pdf(torch.from_numpy(np.asarray(x, np.float64)), alpha, gamma).numpy()))
+    b = float(np.mean(np.abs(w))) or 1e-12
+    return FittedPrior(f"Laplace fit, b={b:.3g}", {"b": b}, lambda x: stats.laplace.pdf(x, scale=b))
+
+
+def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none",
+                          hparams: Mapping[str, float] | None = None, bins: int = 201,
+                          title: str | None = None) -> Path:
+    """Histogram of ``weights`` (log counts) with the fitted prior density as expected counts."""
+    hparams = dict(hparams or {})
+    w = _as_numpy(weights)
+    if w.size == 0:
+        raise ValueError("`weights` is empty: nothing to plot")
+    lim = float(np.quantile(np.abs(w), 0.999)) or 1e-6
+    counts, edges = np.histogram(w, bins=bins, range=(-lim, lim))
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    fig, ax = _new_figure()
+    ax.bar(centers, np.maximum(counts, 0.5), width=edges[1] - edges[0], color="#4c72b0", alpha=0.75,
+           label=f"weights (n={w.size:,})")
+    alpha = hparams.get("sas_alpha") if regularizer == "sas" else None
+    fit = fitted_prior_density(regularizer, w, alpha=alpha)
+    xs = np.linspace(-lim, lim, 801)
+    width = edges[1] - edges[0]
+    ax.plot(xs, np.maximum(w.size * width * fit.pdf(xs), 1e-1), color="#dd8452", lw=2, label=fit.label)
+    if regularizer == "sas" and alpha is not None and "sas_gamma" in hparams:
+        from ..priors.sas import sas_log_pdf
+
+        run_pdf = np.exp(sas_log_pdf(torch.from_numpy(xs), alpha, float(hparams["sas_gamma"])).numpy())
+        ax.plot(xs, np.maximum(w.size * width * run_pdf, 1e-1), color="#55a868", lw=1.5, ls="--",
+                label=f"run prior, alpha={alpha:g}, gamma={hparams['sas_gamma']:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.5)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count (log scale)")
+    zero = float(np.mean(np.abs(w) <= 1e-8))
+    ax.set_title(title or f"Regularized weights ({regularizer}); exact zeros {100 * zero:.1f}%")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_prune_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *,
+                      metric_name: str = "metric", title: str | None = None) -> Path:
+    """One line per run: metric after global magnitude pruning vs pruned fraction (%)."""
+    if not curves:
+        raise ValueError("`curves` is empty: nothing to plot")
+    fig, ax = _new_figure()
+    for label, curve in curves.items():
+        pts = sorted((float(c["fraction"]), float(c["metric"])) for c in curve)
+        ax.plot([100 * f for f, _ in pts], [m for _, m in pts], marker="o", ms=3, label=label)
+    ax.set_xlabel("regularized weights pruned by magnitude (%)")
+    ax.set_ylabel(metric_name)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"Prune curve ({metric_name})")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_layer_sparsity(per_layer: Mapping[str, float], path: str | Path, *, tau: float = 1e-3,
+                        max_layers: int = 60, title: str | None = None) -> Path:
+    """Horizontal bars: fraction of ``|w| <= tau`` per layer (``per_layer``: name -> fraction)."""
+    if not per_layer:
+        raise ValueError("`per_layer` is empty: nothing to plot")
+    items = list(per_layer.items())[:max_layers]
+    fig, ax = _new_figure(7.0, max(3.0, 0.18 * len(items) + 1.2))
+    ax.barh(range(len(items)), [100 * v for _, v in items], color="#55a868")
+    ax.set_yticks(range(len(items)))
+    ax.set_yticklabels([n for n, _ in items], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"weights with |w| <= {tau:g} (%)")
+    ax.set_title(title or "Per-layer sparsity")
+    return _save(fig, path)
+
+
+def plot_spectrum_history(history: Sequence[Mapping[str, float]], path: str | Path, *,
+                          key_suffix: str = "/alpha", max_layers: int = 24, title: str | None = None) -> Path:
+    """Per-layer Hill alpha over training from a spectrum monitor history.
+
+    ``history``: list of dicts with a ``step`` key and ``spectrum/<layer>/alpha`` keys.
+    """
+    if not history:
+        raise ValueError("`history` is empty: nothing to plot")
+    layers = sorted({k for h in history for k in h if k.startswith("spectrum/") and k.endswith(key_suffix)
+                     and not k.startswith("spectrum/mean")})[:max_layers]
+    if not layers:
+        raise ValueError(f"no keys ending in {key_suffix!r} in `history`")
+    fig, ax = _new_figure()
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    for key in layers:
+        ax.plot(steps, [h.get(key, np.nan) for h in history], lw=1, alpha=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("Hill alpha of the ESD")
+    ax.set_title(title or f"Heavy-tail exponent per layer ({len(layers)} layers)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
