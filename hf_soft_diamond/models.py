@@ -5,8 +5,11 @@ Translation (this part): Marian-style encoder-decoder Transformers,
 :data:`TRANSLATION_MODEL_SIZES` and :func:`load_translation_model` for a Hub
 id or a local ``save_pretrained`` directory.
 
-Image models live in the image part of this module (functions named
-``build_image_model`` / ``load_image_model``), added separately.
+Images (second part): ViT and ResNet classifiers from ``transformers`` configs,
+:func:`build_image_model` for named sizes in :data:`IMAGE_MODEL_SIZES` (small ones
+fit 28x28 and 32x32 inputs; the paper's Caltech setting is 100x100x3) and
+:func:`load_image_model` for a checkpoint, with dropout and batch-norm switches
+for the paper's interaction runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ __all__ = [
     "build_translation_model",
     "load_translation_model",
     "translation_config",
+    "IMAGE_MODEL_SIZES",
+    "build_image_model",
+    "load_image_model",
 ]
 
 # ---------------------------------------------------------------------------
@@ -173,3 +179,129 @@ def load_translation_model(model_name_or_path: str | os.PathLike[str], **from_pr
     from transformers import AutoModelForSeq2SeqLM
 
     return AutoModelForSeq2SeqLM.from_pretrained(str(model_name_or_path), **from_pretrained_kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Image models
+# ---------------------------------------------------------------------------
+
+#: Named sizes of :func:`build_image_model` per architecture.
+#:
+#: * ``resnet``/``small``: basic-block ResNet, widths 32-64-128-256, one block per
+#:   stage (~1.2M parameters); the transformers stem (7x7/2 conv + 3x3/2 max-pool)
+#:   reduces 28x28 inputs to 7x7 before the first stage.
+#: * ``resnet``/``resnet18``: the ResNet-18 layout (basic blocks 2-2-2-2, 64..512).
+#: * ``vit``/``small``: 6 layers, hidden 192, 3 heads, MLP 384 (~1.9M parameters);
+#:   patch 4 for inputs up to 32 pixels, 10 for the 100x100 Caltech setting.
+#: * ``vit``/``base``: ViT-Base (12 layers, hidden 768, 12 heads, MLP 3072).
+IMAGE_MODEL_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "resnet": {
+        "tiny": dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic"),
+        "small": dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic"),
+        "resnet18": dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                         layer_type="basic"),
+    },
+    "vit": {
+        "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+        "small": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=384),
+        "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    },
+}
+
+
+def _vit_patch_size(image_size: int) -> int:
+    if image_size <= 32:
+        return 4
+    for patch in (16, 10, 8, 7, 5, 4):
+        if image_size % patch == 0 and image_size // patch <= 16:
+            return patch
+    return 4
+
+
+def build_image_model(
+    arch: Literal["resnet", "vit"],
+    size: str,
+    *,
+    num_labels: int,
+    image_size: int,
+    num_channels: int = 3,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    id2label: dict[int, str] | None = None,
+    seed: int | None = None,
+):
+    """A randomly initialised ``ResNetForImageClassification`` or ``ViTForImageClassification``.
+
+    Args:
+        arch: ``"resnet"`` or ``"vit"``.
+        size: a key of ``IMAGE_MODEL_SIZES[arch]``.
+        num_labels: classes.
+        image_size: input side in pixels (square inputs).
+        num_channels: 1 (grayscale) or 3.
+        dropout: ViT: hidden and attention dropout; ResNet: dropout before the classifier.
+        batch_norm: ResNet only; ``False`` replaces every ``BatchNorm2d`` by ``Identity``
+            (for the paper's prior x batch-norm interaction runs).
+        id2label: label names.
+        seed: when given, ``torch.manual_seed(seed)`` before the weights are drawn.
+    """
+    import torch
+    from torch import nn
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+
+    if arch not in IMAGE_MODEL_SIZES:
+        raise ValueError(f"`model_type` must be one of {list(IMAGE_MODEL_SIZES)}, got {arch!r}.")
+    if size not in IMAGE_MODEL_SIZES[arch]:
+        raise ValueError(f"`model_size` for {arch} must be one of {list(IMAGE_MODEL_SIZES[arch])}, got {size!r}.")
+    if num_labels < 2:
+        raise ValueError(f"`num_labels` must be >= 2, got {num_labels}.")
+    if num_channels not in (1, 3):
+        raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+    if arch == "vit" and not batch_norm:
+        raise ValueError("`batch_norm=False` applies to ResNet only (ViT uses LayerNorm).")
+    labels = id2label or {i: str(i) for i in range(num_labels)}
+    common = dict(num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+                  num_channels=num_channels)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if arch == "vit":
+        patch = _vit_patch_size(image_size)
+        config = ViTConfig(image_size=image_size, patch_size=patch, encoder_stride=patch, hidden_dropout_prob=dropout,
+                           attention_probs_dropout_prob=dropout, **IMAGE_MODEL_SIZES[arch][size], **common)
+        return ViTForImageClassification(config)
+    config = ResNetConfig(**IMAGE_MODEL_SIZES[arch][size], **common)
+    config.classifier_dropout = dropout
+    model = ResNetForImageClassification(config)
+    if dropout > 0:
+        flatten, linear = model.classifier[0], model.classifier[1]
+        model.classifier = nn.Sequential(flatten, nn.Dropout(dropout), linear)
+    if not batch_norm:
+        _replace_batch_norm(model)
+        config.use_batch_norm = False
+    return model
+
+
+def _replace_batch_norm(module) -> None:
+    from torch import nn
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.Identity())
+        else:
+            _replace_batch_norm(child)
+
+
+def load_image_model(model_name_or_path: str | os.PathLike[str], *, num_labels: int | None = None,
+                     **from_pretrained_kwargs: Any):
+    """``AutoModelForImageClassification.from_pretrained`` (Hub id or local folder).
+
+    With ``num_labels`` different from the checkpoint's, the head is re-initialised
+    (``ignore_mismatched_sizes=True``), as for fine-tuning on a new label set.
+    """
+    from transformers import AutoModelForImageClassification
+
+    if num_labels is not None:
+        from_pretrained_kwargs.setdefault("num_labels", num_labels)
+        from_pretrained_kwargs.setdefault("ignore_mismatched_sizes", True)
+    return AutoModelForImageClassification.from_pretrained(model_name_or_path, **from_pretrained_kwargs)

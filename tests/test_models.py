@@ -114,3 +114,60 @@ def test_load_translation_model_round_trip(tokenizer, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
     assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+
+
+# ----------------------------------------------------------------------------- image models
+
+from hf_soft_diamond.models import IMAGE_MODEL_SIZES, build_image_model, load_image_model  # noqa: E402
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+@pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3), (100, 3)])
+def test_image_models_fit_the_paper_input_sizes(arch, image_size, channels):
+    import torch
+
+    model = build_image_model(arch, "tiny", num_labels=7, image_size=image_size, num_channels=channels, seed=0)
+    out = model(pixel_values=torch.randn(2, channels, image_size, image_size), labels=torch.tensor([0, 6]))
+    assert out.logits.shape == (2, 7)
+    assert torch.isfinite(out.loss)
+
+
+def test_resnet_switches_batch_norm_and_dropout():
+    import torch
+
+    with_bn = build_image_model("resnet", "tiny", num_labels=3, image_size=28, num_channels=1, seed=0)
+    no_bn = build_image_model("resnet", "tiny", num_labels=3, image_size=28, num_channels=1, seed=0,
+                              batch_norm=False, dropout=0.5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in no_bn.modules())
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in no_bn.modules())
+    vit = build_image_model("vit", "tiny", num_labels=3, image_size=28, num_channels=1, dropout=0.2)
+    assert vit.config.hidden_dropout_prob == 0.2 and vit.config.attention_probs_dropout_prob == 0.2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"arch": "mlp"}, "`model_type`"),
+    ({"size": "huge"}, "`model_size`"),
+    ({"num_labels": 1}, "`num_labels`"),
+    ({"num_channels": 2}, "`num_channels`"),
+    ({"dropout": 1.0}, "`dropout`"),
+    ({"arch": "vit", "batch_norm": False}, "ResNet only"),
+])
+def test_image_model_errors(kwargs, match):
+    args = {"arch": "resnet", "size": "tiny", "num_labels": 10, "image_size": 28, "num_channels": 1, **kwargs}
+    arch, size = args.pop("arch"), args.pop("size")
+    with pytest.raises(ValueError, match=match):
+        build_image_model(arch, size, **args)
+
+
+def test_image_model_reloads_from_a_saved_checkpoint(tmp_path):
+    import torch
+
+    model = build_image_model("vit", "tiny", num_labels=4, image_size=28, num_channels=1, seed=0).eval()
+    model.save_pretrained(tmp_path)
+    again = load_image_model(str(tmp_path)).eval()
+    x = torch.randn(1, 1, 28, 28)
+    torch.testing.assert_close(model(pixel_values=x).logits, again(pixel_values=x).logits)
+    head = load_image_model(str(tmp_path), num_labels=9)
+    assert head.config.num_labels == 9
+    assert set(IMAGE_MODEL_SIZES) == {"resnet", "vit"}
