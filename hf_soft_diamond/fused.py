@@ -21,6 +21,7 @@ so training never stops because of the fast path.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shutil
 import warnings
@@ -63,6 +64,29 @@ def validate_backend(backend: str) -> str:
     return backend
 
 
+_loop_ids = itertools.count()
+
+
+def _make_loop(fn: Callable[..., None]) -> Callable[..., None]:
+    """``loop(tensor_lists, scalars)`` applying ``fn`` to matching tensors, with a code object of its own.
+
+    Dynamo keeps its compiled graphs (and its recompile limit, 8 by default) per code
+    object. Closures of one ``def`` share a code object, so every kernel of the process
+    would count against one limit and the ninth would fail; a renamed copy of the code
+    object gives each kernel its own cache.
+    """
+
+    def loop(tensor_lists: Sequence[Sequence[Tensor]], scalars: Sequence[Tensor]) -> None:
+        for tensors in zip(*tensor_lists):
+            fn(*tensors, *scalars)
+
+    name = f"tensorwise_loop_{next(_loop_ids)}"
+    loop.__code__ = loop.__code__.replace(co_name=name, co_qualname=name) if hasattr(
+        loop.__code__, "co_qualname") else loop.__code__.replace(co_name=name)
+    loop.__name__ = loop.__qualname__ = name
+    return loop
+
+
 class TensorwiseKernel:
     """Apply ``fn(*tensors, *scalars)`` to matching tensors of several lists, in place.
 
@@ -78,6 +102,7 @@ class TensorwiseKernel:
         self.backend = validate_backend(backend)
         self._compiled: Callable[..., None] | None = None
         self._compile_failed = False
+        self._loop = _make_loop(fn)
 
     def uses_compile(self, device_type: str) -> bool:
         if self.backend == "eager" or self._compile_failed:
@@ -85,10 +110,6 @@ class TensorwiseKernel:
         if self.backend == "compile":
             return True
         return compile_available(device_type)
-
-    def _loop(self, tensor_lists: Sequence[Sequence[Tensor]], scalars: Sequence[Tensor]) -> None:
-        for tensors in zip(*tensor_lists):
-            self.fn(*tensors, *scalars)
 
     def _get_compiled(self) -> Callable[..., None]:
         if self._compiled is None:

@@ -63,3 +63,22 @@ def test_failing_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="`fused_backend`"):
         build_regularizer("l2", fused_backend="fast")
+
+
+@pytest.mark.skipif(not compile_available("cpu"), reason="needs a C++ compiler for inductor")
+def test_many_kernels_in_one_process_all_stay_compiled():
+    """More kernels than dynamo's per-code-object recompile limit (8): none may fall back."""
+    import functools
+    import warnings
+
+    def scale_(w, s, *, k):
+        w.mul_(1.0 + k * s)
+
+    kernels = [TensorwiseKernel(functools.partial(scale_, k=float(k)), backend="compile") for k in range(10)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: fail on it
+        for k, kernel in enumerate(kernels):
+            w = torch.ones(5)
+            kernel([[w]], [0.5])
+            torch.testing.assert_close(w, torch.full((5,), 1.0 + 0.5 * k))
+    assert all(kernel.uses_compile("cpu") for kernel in kernels)
