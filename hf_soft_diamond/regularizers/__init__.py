@@ -16,6 +16,8 @@ from .lp import L1Regularizer, L2Regularizer, LpRegularizer, NoRegularizer
 from .pwd import PWDRegularizer
 from .sas import SaSRegularizer
 from .selection import regularized_names, select_parameters
+from .spectral import (FrechetPriorRegularizer, PowerLawPriorRegularizer, StableRankRegularizer,
+                       WeightedAlphaRegularizer)
 
 __all__ = [
     "MODES",
@@ -26,6 +28,10 @@ __all__ = [
     "PWDRegularizer",
     "Regularizer",
     "SaSRegularizer",
+    "FrechetPriorRegularizer",
+    "PowerLawPriorRegularizer",
+    "StableRankRegularizer",
+    "WeightedAlphaRegularizer",
     "available_regularizers",
     "build_regularizer",
     "get_regularizer_class",
