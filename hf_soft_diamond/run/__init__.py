@@ -1,0 +1,1 @@
+"""Runnable jobs behind ``scripts/`` and the ``hf-soft-diamond`` command."""

@@ -1,0 +1,142 @@
+"""What the translation and image jobs share: argument parsing, and the end of a run.
+
+The end of a run (:func:`finish_run`) measures the trained model and writes what
+people read: the sparsity report, the prune curve (task metric after global
+magnitude pruning of the regularized weights at METHODS.md's fractions), the plots,
+``all_results.json`` and the model card ``README.md``. Data flows one way: it reads
+the trained model and never changes it (pruning happens on the fly and is undone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into the dataclasses.
+
+    Either command-line flags, or one JSON config file optionally followed by flags that
+    override it (``train.py config.json --learning_rate 1e-3``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(tuple(dataclass_types))
+    if argv and argv[0].endswith(".json"):
+        config = json.loads(Path(argv[0]).read_text())
+        known = {f for dt in dataclass_types for f in dt.__dataclass_fields__}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in {argv[0]}: {unknown}")
+        argv = _dict_to_flags(config) + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _dict_to_flags(config: dict[str, Any]) -> list[str]:
+    flags: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            if value:
+                flags += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write JSON atomically (a temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
+    tmp.replace(path)
+    return path
+
+
+def sparsity_summary(model: torch.nn.Module, names: Sequence[str], thresholds: Sequence[float]) -> dict[str, Any]:
+    """The sparsity report as results/cards read it.
+
+    ``{"regularized": {"1e-03": frac, ...}, "all": {...}, "numel": {"regularized": n, "all": n},
+    "per_layer": {param name: {"1e-03": frac, ...}}}`` (regularized parameters only in ``per_layer``).
+    """
+    from ..sparsity import sparsity_report
+
+    report = sparsity_report(model, thresholds=tuple(thresholds), regularized_names=list(names)).to_dict()
+    return {
+        "regularized": report["regularized"]["fraction"],
+        "all": report["all"]["fraction"],
+        "numel": {"regularized": report["regularized"]["numel"], "all": report["all"]["numel"]},
+        "per_layer": {name: layer["fraction"] for name, layer in report["layers"].items() if layer["regularized"]},
+    }
+
+
+def finish_run(
+    *,
+    model: torch.nn.Module,
+    regularized_names: Sequence[str],
+    regularizer_hparams: dict[str, Any],
+    results: dict[str, Any],
+    output_dir: str | Path,
+    metric_key: str,
+    metric_name: str,
+    evaluate_fn: Callable[[torch.nn.Module], float] | None,
+    prune_fractions: Sequence[float] = PRUNE_FRACTIONS,
+    thresholds: Sequence[float] = (1e-8, 1e-3, 1e-2),
+    model_name: str | None = None,
+    is_main_process: bool = True,
+) -> dict[str, Any]:
+    """Measure the trained model, write plots, ``all_results.json`` and the card; return the results."""
+    from ..reporting.model_card import render_model_card
+    from ..reporting.plots import plot_layer_sparsity, plot_prune_curves, plot_weight_histogram
+    from ..sparsity import prune_curve, sparsity_at_max_loss
+
+    output_dir = Path(output_dir)
+    results = dict(results)
+    results["regularizer"] = regularizer_hparams
+    sparsity = sparsity_summary(model, regularized_names, thresholds)
+    results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
+    results["sparsity_numel"] = sparsity["numel"]
+    if evaluate_fn is not None and prune_fractions:
+        curve = prune_curve(model, evaluate_fn, fractions=tuple(prune_fractions),
+                            regularized_names=list(regularized_names))
+        results["prune_curve"] = [{"fraction": float(p["fraction"]), "metric": float(p["metric"])} for p in curve]
+        results["sparsity_at_1pt_loss"] = sparsity_at_max_loss(curve, max_loss=1.0)
+    if not is_main_process:
+        return results
+    plots_dir = output_dir / "plots"
+    params = dict(model.named_parameters())
+    weights = [params[n].detach() for n in regularized_names if n in params]
+    plots = []
+    if weights:
+        plots.append(plot_weight_histogram(weights, plots_dir / "weight_histogram.png",
+                                           regularizer=regularizer_hparams.get("regularizer", "none"),
+                                           hparams=regularizer_hparams))
+    taus = sorted(float(t) for t in thresholds)
+    bar_tau = taus[len(taus) // 2]  # the middle threshold (1e-3 for the default 1e-8, 1e-3, 1e-2)
+    per_layer = {name: fractions[f"{bar_tau:.0e}"] for name, fractions in sparsity["per_layer"].items()}
+    if per_layer:
+        plots.append(plot_layer_sparsity(per_layer, plots_dir / "layer_sparsity.png", tau=bar_tau))
+    if results.get("prune_curve"):
+        plots.append(plot_prune_curves({regularizer_hparams.get("regularizer", "run"): results["prune_curve"]},
+                                       plots_dir / "prune_curve.png", metric_name=metric_name))
+    write_json(output_dir / "all_results.json", results)
+    if metric_key in results:
+        card = render_model_card(results, model_name=model_name or output_dir.resolve().name,
+                                 plots=[str(Path(p).relative_to(output_dir)) for p in plots])
+        card.save(output_dir / "README.md")
+    return results

@@ -1,0 +1,202 @@
+"""Compare regularizer settings on one task: several arms x seeds, one table.
+
+Each run is the task's training job (``hf_soft_diamond.run.translation`` or
+``hf_soft_diamond.run.image``) started as its own process with a JSON config that
+merges the base config, the arm's overrides, the seed and the run's output dir
+(saved as ``<output_dir>/<arm>/seed<k>/config.json``, so every run can be re-run
+alone). Runs go one after another (``--jobs N``: N at a time); ``--launcher`` puts e.g. ``torchrun
+--nproc_per_node 2`` in front of each. A finished run (its ``all_results.json``
+exists) is not run again unless ``--overwrite``.
+
+Outputs in ``--output_dir``: ``comparison.md`` (mean +- std over seeds of the task
+metric, sparsity of the regularized weights at each threshold, sparsity at <= 1 point
+loss, wall time), ``comparison.json`` (every run's results and the aggregates) and
+``prune_curves.png`` (mean prune curve per arm).
+
+Arms file (JSON)::
+
+    {"l2":  {"regularizer": "l2", "reg_mode": "decoupled", "reg_strength": 0.01},
+     "sas": {"regularizer": "sas", "reg_strength": 1e-4, "sas_alpha": 0.5, "sas_gamma": 0.5}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TASK_MODULES = {"translation": "hf_soft_diamond.run.translation", "image": "hf_soft_diamond.run.image"}
+TASK_METRIC = {"translation": ("test_bleu", "BLEU"), "image": ("test_accuracy", "accuracy (%)")}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str) -> dict[str, dict[str, Any]]:
+    """Per arm: mean/std of the task metric, sparsity per threshold, sparsity at <=1pt loss, time."""
+    key, _ = TASK_METRIC[task]
+    out: dict[str, dict[str, Any]] = {}
+    for arm, results in runs.items():
+        taus = sorted({t for r in results for t in (r.get("sparsity") or {}).get("regularized", {})}, key=float)
+        entry: dict[str, Any] = {
+            "n_runs": len(results),
+            "metric": _mean_std([r.get(key, float("nan")) for r in results]),
+            "sparsity": {t: _mean_std([r["sparsity"]["regularized"].get(t, float("nan")) for r in results])
+                         for t in taus},
+            "sparsity_at_1pt_loss": _mean_std([r.get("sparsity_at_1pt_loss", float("nan")) for r in results]),
+            "wall_time_s": _mean_std([r.get("wall_time_s", r.get("train_runtime", float("nan"))) for r in results]),
+        }
+        fractions = sorted({float(p["fraction"]) for r in results for p in r.get("prune_curve") or []})
+        entry["prune_curve"] = [
+            {"fraction": f, "metric": _mean_std([p["metric"] for r in results for p in r.get("prune_curve") or []
+                                                 if float(p["fraction"]) == f])[0]}
+            for f in fractions
+        ]
+        out[arm] = entry
+    return out
+
+
+def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str) -> str:
+    """The comparison as one Markdown table (values are mean ± std over seeds)."""
+    _, metric_name = TASK_METRIC[task]
+    taus = sorted({t for s in summary.values() for t in s["sparsity"]}, key=float)
+    head = ["arm", "runs", metric_name] + [f"sparsity ≤{t} (%)" for t in taus] + [
+        "sparsity at ≤1pt loss (%)", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, s in summary.items():
+        row = [arm, str(s["n_runs"]), _fmt(*s["metric"])]
+        row += [_fmt(*s["sparsity"].get(t, (float("nan"), float("nan"))), scale=100) for t in taus]
+        row += [_fmt(*s["sparsity_at_1pt_loss"], scale=100, digits=0), _fmt(*s["wall_time_s"], digits=0)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str = "", overwrite: bool = False
+            ) -> dict[str, Any]:
+    """Run one training job in its own process; return its ``all_results.json`` (+ wall time)."""
+    results_path = run_dir / "all_results.json"
+    if results_path.exists() and not overwrite:
+        return json.loads(results_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    config_path.write_text(json.dumps({**config, "output_dir": str(run_dir)}, indent=2))
+    # torchrun and `accelerate launch` both accept `-m module`, as python does
+    cmd = (shlex.split(launcher) if launcher else [sys.executable]) + ["-m", TASK_MODULES[task], str(config_path)]
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0 or not results_path.exists():
+        raise RuntimeError(f"run in {run_dir} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+    results = json.loads(results_path.read_text())
+    results.setdefault("wall_time_s", time.perf_counter() - start)
+    results_path.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
+            seeds: Sequence[int], output_dir: str | Path, *, launcher: str = "", overwrite: bool = False,
+            jobs: int = 1) -> dict[str, Any]:
+    """Run every arm x seed (``jobs`` at a time), then write comparison.md / comparison.json / prune_curves.png.
+
+    Every arm's merged config is parsed by the task's argument classes first, so a bad
+    setting fails before any run starts.
+    """
+    if task not in TASK_MODULES:
+        raise ValueError(f"`task` must be one of {sorted(TASK_MODULES)}, got {task!r}.")
+    if not arms:
+        raise ValueError("`arms` is empty: give at least one regularizer setting")
+    if not seeds:
+        raise ValueError("`seeds` is empty: give at least one seed")
+    if jobs < 1:
+        raise ValueError(f"`jobs` must be >= 1, got {jobs}.")
+    output_dir = Path(output_dir)
+    planned = [(arm, int(seed), {**base_config, **overrides, "seed": int(seed)})
+               for arm, overrides in arms.items() for seed in seeds]
+    for arm, seed, config in planned:  # every bad setting fails here, before any training
+        validate_config(task, config, f"arm {arm!r} seed {seed}")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on child processes
+        futures = [pool.submit(run_one, task, config, output_dir / arm / f"seed{seed}", launcher, overwrite)
+                   for arm, seed, config in planned]
+        results = [f.result() for f in futures]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for (arm, _, _), result in zip(planned, results):
+        runs.setdefault(arm, []).append(result)
+    return write_comparison(task, runs, output_dir)
+
+
+def validate_config(task: str, config: Mapping[str, Any], where: str) -> None:
+    """Parse ``config`` with the task script's argument dataclasses; raise ``ValueError`` naming ``where``."""
+    import importlib
+    import tempfile
+
+    from .common import parse_config
+
+    module = importlib.import_module(TASK_MODULES[task])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps({**config, "output_dir": str(Path(tmp) / "out")}))
+        try:
+            parse_config(module.ARGUMENT_CLASSES, [str(path)])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: {err}") from err
+
+
+def write_comparison(task: str, runs: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path
+                     ) -> dict[str, Any]:
+    from ..reporting.plots import plot_prune_curves
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = aggregate(runs, task)
+    (output_dir / "comparison.md").write_text(markdown_table(summary, task))
+    payload = {"task": task, "summary": summary, "runs": runs}
+    (output_dir / "comparison.json").write_text(json.dumps(payload, indent=2, default=list))
+    curves = {arm: s["prune_curve"] for arm, s in summary.items() if s["prune_curve"]}
+    if curves:
+        plot_prune_curves(curves, output_dir / "prune_curves.png", metric_name=TASK_METRIC[task][1])
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="hf-soft-diamond compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, choices=sorted(TASK_MODULES))
+    ap.add_argument("--base_config", required=True, help="JSON config of the task's training script")
+    ap.add_argument("--arms", required=True, help="JSON file (or inline JSON) mapping arm name -> overrides")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42])
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--launcher", default="", help="command put in front of each run, e.g. 'torchrun "
+                                                    "--nproc_per_node 2'; default: this Python")
+    ap.add_argument("--overwrite", action="store_true", help="re-run runs that already have results")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process (default 1: one after "
+                                                         "another; mind the cores each run uses)")
+    args = ap.parse_args(argv)
+    base = json.loads(Path(args.base_config).read_text())
+    arms_text = Path(args.arms).read_text() if Path(args.arms).exists() else args.arms
+    arms = json.loads(arms_text)
+    payload = compare(args.task, base, arms, args.seeds, args.output_dir, launcher=args.launcher,
+                      overwrite=args.overwrite, jobs=args.jobs)
+    print(markdown_table(payload["summary"], args.task))
+
+
+if __name__ == "__main__":
+    main()

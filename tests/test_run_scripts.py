@@ -1,0 +1,382 @@
+"""The training scripts end to end, on the real offline data, at toy step counts.
+
+Every assertion is against an independent reading of what the script wrote: BLEU is
+recomputed by sacrebleu from ``generated_predictions.txt`` and the raw references;
+accuracy is checked against chance on held-out images; the model card is parsed back
+with ``huggingface_hub.ModelCard.load``; the Hub client is replaced only where the
+Trainer calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+from huggingface_hub import ModelCard
+
+from hf_soft_diamond.data.images import FASHION_MNIST_DIR
+from hf_soft_diamond.data.translation import DING_PATH
+
+REPO = Path(__file__).resolve().parents[1]
+needs_ding = pytest.mark.skipif(not Path(DING_PATH).exists(), reason="needs Debian's trans-de-en (scripts/setup.sh)")
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
+                                  reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh)")
+SPECTRAL = ("weighted_alpha", "stable_rank", "powerlaw_prior", "frechet_prior")
+
+
+def _flags(config: dict) -> list[str]:
+    from hf_soft_diamond.run.common import _dict_to_flags
+
+    return _dict_to_flags(config)
+
+
+def translation_config(output_dir: Path, **overrides) -> dict:
+    config = {
+        "dataset_name": "ding", "model_size": "tiny", "vocab_size": 1000, "output_dir": str(output_dir),
+        "do_train": True, "max_steps": 100, "per_device_train_batch_size": 32, "learning_rate": 3e-3,
+        "warmup_steps": 10, "logging_steps": 10, "save_strategy": "no", "max_train_samples": 3000,
+        "max_eval_samples": 24, "max_predict_samples": 48, "prune_eval_samples": 16, "prune_fractions": [0.0, 0.5],
+        "num_beams": 1, "max_source_length": 40, "max_target_length": 40, "report_to": "none", "seed": 7,
+        "regularizer": "l1", "reg_strength": 1e-6, "use_cpu": True,
+    }
+    config.update(overrides)
+    return config
+
+
+def image_config(output_dir: Path, **overrides) -> dict:
+    config = {
+        "dataset_name": "digits", "model_type": "resnet", "model_size": "tiny", "output_dir": str(output_dir),
+        "do_train": True, "max_steps": 30, "per_device_train_batch_size": 32, "learning_rate": 0.05,
+        "recipe": "paper", "logging_steps": 5, "save_strategy": "no", "prune_fractions": [0.0, 0.5, 0.9],
+        "report_to": "none", "seed": 3, "use_cpu": True, "regularizer": "sas", "reg_strength": 1e-5,
+        "sas_alpha": 1.5, "sas_gamma": 0.5,
+    }
+    config.update(overrides)
+    return config
+
+
+def _log_history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+@needs_ding
+@pytest.mark.slow
+def test_translation_trains_on_ding_and_reports_sacrebleu(tmp_path):
+    from hf_soft_diamond.data.translation import load_offline_translation_corpus
+    from hf_soft_diamond.run.translation import main
+
+    out = tmp_path / "run"
+    config = translation_config(out, save_strategy="steps", save_steps=100)
+    results = main(_flags(config))
+
+    # the loss decreased over training (logged every 5 steps)
+    losses = [h["loss"] for h in _log_history(out / "checkpoint-100") if "loss" in h]
+    assert len(losses) == 10 and losses[-1] < losses[0] - 1.0
+    # BLEU recomputed independently by sacrebleu from what the script wrote
+    hyps = (out / "generated_predictions.txt").read_text().splitlines()
+    refs = [ex["en"] for ex in load_offline_translation_corpus("ding")["test"]["translation"][:48]]
+    assert len(hyps) == len(refs) == 48
+    bleu = sacrebleu.BLEU(tokenize="13a")
+    expect = bleu.corpus_score(hyps, [refs])
+    assert results["test_bleu"] == pytest.approx(expect.score, abs=1e-9) and results["test_bleu"] > 0
+    assert results["test_bleu_signature"] == str(bleu.get_signature()) and "tok:13a" in results["test_bleu_signature"]
+    written = json.loads((out / "all_results.json").read_text())
+    assert written["test_bleu"] == results["test_bleu"] and {p["fraction"] for p in written["prune_curve"]} == {0.0, 0.5}
+    assert set(written["sparsity"]["regularized"]) == {"1e-08", "1e-03", "1e-02"}
+    # the card carries exactly these numbers and parses back
+    card = ModelCard.load(out / "README.md")
+    found = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert found["bleu"] == pytest.approx(round(results["test_bleu"], 4))
+    assert {"tokenizer.json", "model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    for png in ("weight_histogram.png", "prune_curve.png", "layer_sparsity.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_ding
+@pytest.mark.slow
+def test_translation_script_runs_under_accelerate_launch(tmp_path):
+    out = tmp_path / "run"
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(translation_config(out, max_steps=6, prune_fractions=[], max_train_samples=400,
+                                                         max_predict_samples=8, max_eval_samples=8)))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "scripts" / "train_translation.py"),
+         str(config_path), "--learning_rate", "3e-3"],  # a flag after the JSON overrides it
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["training"]["learning_rate"] == 3e-3 and results["training"]["max_steps"] == 6
+    assert math.isfinite(results["test_bleu"]) and results["regularizer"]["regularizer"] == "l1"
+
+
+@needs_ding
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SPECTRAL)
+def test_spectral_regularizers_train_a_translation_model(tmp_path, name):
+    from hf_soft_diamond.run.translation import main
+
+    config = translation_config(tmp_path / name, regularizer=name, reg_strength=1e-3, max_steps=6,
+                                max_train_samples=300, max_predict_samples=8, max_eval_samples=8, prune_fractions=[],
+                                reg_kwargs=json.dumps({"refresh_every": 3}))
+    results = main(_flags(config))
+    assert results["regularizer"]["regularizer"] == name
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_bleu"])
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_image_training_on_fashion_mnist_beats_chance_on_held_out_images(tmp_path):
+    from hf_soft_diamond.run.image import main
+
+    out = tmp_path / "fmnist"
+    results = main(_flags(image_config(
+        out, dataset_name="fashion_mnist", max_steps=60, per_device_train_batch_size=64, max_train_samples=4000,
+        max_eval_samples=500, max_predict_samples=1000, prune_eval_samples=500, hflip=True, crop_padding=2,
+        cutout_size=6, regularizer="l1", reg_strength=1e-5, prune_fractions=[0.0, 0.5, 0.99])))
+    assert results["image_shape"] == [1, 28, 28] and results["num_classes"] == 10
+    assert results["test_accuracy"] > 40.0  # chance: 10 %
+    curve = {p["fraction"]: p["metric"] for p in results["prune_curve"]}
+    # the unpruned point is the test accuracy on its first 500 images; pruning 99% destroys the model
+    assert curve[0.0] > 40.0 and curve[0.99] < curve[0.0] - 15.0
+    assert 0.0 <= results["sparsity_at_1pt_loss"] < 0.99
+    assert results["train_images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_paper_recipe_is_sgd_nesterov_with_a_triangular_schedule(tmp_path):
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.run.image import main
+
+    out = tmp_path / "digits"
+    results = main(_flags(image_config(out, max_steps=40, logging_steps=1, save_strategy="steps", save_steps=40)))
+    assert results["training"]["optimizer"].lower().endswith("sgd")
+    assert "nesterov=True" in results["training"]["optim_args"]
+    lrs = [h["learning_rate"] for h in _log_history(out / "checkpoint-40") if "learning_rate" in h]
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert lrs[peak] == pytest.approx(0.05, rel=0.03) and 6 <= peak <= 9  # peak at 20% of 40 steps
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # linear up ...
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:])) and lrs[-1] < 0.1 * lrs[peak]  # ... linear down
+    assert results["test_accuracy"] > 30.0  # 10 digit classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SPECTRAL)
+def test_spectral_regularizers_train_an_image_model(tmp_path, name):
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.run.image import main
+
+    results = main(_flags(image_config(tmp_path / name, regularizer=name, reg_strength=1e-3, max_steps=8,
+                                       prune_fractions=[], reg_kwargs=json.dumps({"refresh_every": 4}))))
+    assert results["regularizer"]["regularizer"] == name
+    assert math.isfinite(results["train_loss"]) and results["test_accuracy"] >= 0
+
+
+@pytest.mark.slow
+def test_image_script_in_two_processes_writes_one_result(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "ddp"
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(image_config(out, max_steps=6, prune_fractions=[0.0, 0.5])))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", str(REPO / "scripts" / "train_image.py"), str(config_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["training"]["world_size"] == 2 and len(results["prune_curve"]) == 2
+
+
+# ----------------------------------------------------------------------------- publishing
+
+
+class _FakeHub:
+    """Stands in for ``huggingface_hub.HfApi`` at the Trainer's call site; records uploads."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.uploads: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.created.append(repo_id)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        folder = Path(folder_path)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        card = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
+        self.uploads.append({"repo_id": repo_id, "files": files, "ignore": ignore_patterns, "card": card,
+                             "results": json.loads((folder / "all_results.json").read_text())})
+        return "https://huggingface.co/" + repo_id
+
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_model_card_and_plots(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    import transformers.trainer
+
+    from hf_soft_diamond.run.image import main
+
+    hub = _FakeHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: hub)
+    out = tmp_path / "push"
+    results = main(_flags(image_config(out, max_steps=5, push_to_hub=True, hub_model_id="someone/digits-sas",
+                                       prune_fractions=[0.0, 0.5])))
+    assert hub.created == ["someone/digits-sas"] and len(hub.uploads) == 1
+    upload = hub.uploads[0]
+    assert upload["repo_id"] == "someone/digits-sas"
+    assert {"README.md", "model.safetensors", "config.json", "all_results.json", "plots/prune_curve.png",
+            "plots/weight_histogram.png", "plots/layer_sparsity.png"} <= set(upload["files"])
+    # the uploaded card is ours (not the transformers draft) and carries the run's exact accuracy
+    card = ModelCard(upload["card"])
+    assert "hf-soft-diamond" in card.data.tags and "sas" in card.data.tags
+    accuracy = [r.metric_value for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert accuracy == [pytest.approx(round(results["test_accuracy"], 4))]
+    assert upload["results"]["test_accuracy"] == results["test_accuracy"]
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def test_json_config_with_flag_overrides_and_unknown_keys(tmp_path):
+    from hf_soft_diamond.run.common import parse_config
+    from hf_soft_diamond.run.translation import ARGUMENT_CLASSES
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(translation_config(tmp_path / "o", regularizer="sas", sas_alpha=0.5)))
+    model_args, data_args, args = parse_config(ARGUMENT_CLASSES, [str(path), "--sas_alpha", "1.5", "--num_beams", "3"])
+    assert (args.regularizer, args.sas_alpha, data_args.num_beams, model_args.model_size) == ("sas", 1.5, 3, "tiny")
+    assert data_args.prune_fractions == [0.0, 0.5]
+    path.write_text(json.dumps({"dataset_name": "ding", "output_dir": "o", "learning_rat": 1e-3}))
+    with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
+        parse_config(ARGUMENT_CLASSES, [str(path)])
+
+
+@pytest.mark.parametrize("script, bad, message", [
+    ("translation", {"model_size": "huge"}, "`model_size` must be one of"),
+    ("translation", {"num_beams": 0}, "`num_beams` must be >= 1"),
+    ("translation", {"prune_fractions": [0.5, 1.0]}, r"`prune_fractions` must lie in \[0, 1\)"),
+    ("translation", {"tokenizer_algorithm": "wordpiece"}, "`tokenizer_algorithm` must be"),
+    ("translation", {"vocab_size": 100}, "`vocab_size` must be >= 300"),
+    ("translation", {"train_file": "/nonexistent.jsonl"}, "`train_file`.*does not exist"),
+    ("translation", {"sas_alpha": 2.5, "regularizer": "sas"}, r"`sas_alpha` must be .*\(0.0, 2.0\]"),
+    ("image", {"model_type": "mlp"}, "`model_type` must be one of"),
+    ("image", {"model_type": "vit", "model_size": "resnet18"}, "`model_size` for vit must be one of"),
+    ("image", {"model_type": "vit", "model_size": "tiny", "batch_norm": False}, "`batch_norm` False applies"),
+    ("image", {"recipe": "fast"}, "`recipe` must be one of"),
+    ("image", {"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+    ("image", {"cutout_size": -1}, "`crop_padding` and `cutout_size` must be >= 0"),
+    ("image", {"train_dir": "/nonexistent"}, "`train_dir`.*is not a directory"),
+    ("image", {"regularizer": "pwd", "lp_p": 3.0}, r"`lp_p` must be .*\(0.0, 2.0\]"),
+])
+def test_bad_arguments_fail_before_training_with_the_argument_named(tmp_path, script, bad, message):
+    import importlib
+
+    module = importlib.import_module(f"hf_soft_diamond.run.{script}")
+    base = (translation_config if script == "translation" else image_config)(tmp_path / "never")
+    with pytest.raises(ValueError, match=message):
+        module.main(_flags({**base, **bad}))
+    assert not (tmp_path / "never").exists()  # nothing half-written
+
+
+# ----------------------------------------------------------------------------- comparison and CLI
+
+
+@pytest.mark.slow
+def test_compare_runs_arms_and_seeds_and_tabulates_them(tmp_path):
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.run.compare import main
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(image_config(tmp_path / "unused", max_steps=6, prune_fractions=[0.0, 0.5])))
+    arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "reg_strength": 1e-3}}
+    out = tmp_path / "cmp"
+    main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1", "2",
+          "--output_dir", str(out), "--jobs", "2"])
+    payload = json.loads((out / "comparison.json").read_text())
+    for arm in arms:
+        accs = [r["test_accuracy"] for r in payload["runs"][arm]]
+        assert len(accs) == 2 and [r["training"]["seed"] for r in payload["runs"][arm]] == [1, 2]
+        mean, std = payload["summary"][arm]["metric"]
+        assert mean == pytest.approx(sum(accs) / 2) and std == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| arm | runs | accuracy (%)") and len(table) == 4
+    assert (out / "prune_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # a finished run is not run again
+    mtime = (out / "l1" / "seed1" / "all_results.json").stat().st_mtime
+    main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1",
+          "--output_dir", str(out)])
+    assert (out / "l1" / "seed1" / "all_results.json").stat().st_mtime == mtime
+
+
+def test_compare_rejects_a_bad_arm_before_running_anything(tmp_path):
+    from hf_soft_diamond.run.compare import compare
+
+    arms = {"ok": {"regularizer": "l1"}, "bad": {"regularizer": "sas", "sas_alpha": 0.0}}
+    with pytest.raises(ValueError, match=r"arm 'bad' seed 1: .*sas_alpha"):
+        compare("image", image_config(tmp_path / "x"), arms, [1], tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_cli_help_for_every_subcommand():
+    exe = shutil.which("hf-soft-diamond")
+    cmd = [exe] if exe else [sys.executable, "-m", "hf_soft_diamond.cli"]
+    top = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0
+    for sub in ("train-translation", "train-image", "compare", "card", "table"):
+        assert sub in top.stdout
+        proc = subprocess.run(cmd + [sub, "--help"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "usage" in proc.stdout.lower()
+    bad = subprocess.run(cmd + ["trian"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr
+
+
+def test_cli_table_builds_a_table_that_matches_scipy(tmp_path, monkeypatch):
+    from scipy.stats import levy_stable
+
+    from hf_soft_diamond import cli
+    from hf_soft_diamond.priors import sas
+
+    monkeypatch.setenv("HF_SOFT_DIAMOND_CACHE", str(tmp_path))
+    monkeypatch.setattr(sas, "_MEMORY", {})
+    cli.main(["table", "--alpha", "0.7"])
+    files = list(tmp_path.glob("sas_alpha0.7_*.npz"))
+    assert len(files) == 1
+    x = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    scale = 1.0  # gamma = 1 is scipy's scale 1 for the characteristic function exp(-|t|^alpha)
+    expect = levy_stable.logpdf(x.numpy(), 0.7, 0.0, scale=scale)
+    got = sas.sas_log_pdf(x, 0.7).numpy()
+    assert got == pytest.approx(expect, rel=1e-4)
+
+
+def test_cli_card_rerenders_the_card_from_results(tmp_path):
+    from hf_soft_diamond import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    results = {"task": "image-classification", "dataset_name": "fashion_mnist", "test_accuracy": 91.234,
+               "sparsity": {"regularized": {"1e-03": 0.25}, "all": {"1e-03": 0.2}},
+               "regularizer": {"regularizer": "sas", "sas_alpha": 0.5, "sas_gamma": 0.1}}
+    (run / "all_results.json").write_text(json.dumps(results))
+    cli.main(["card", str(run), "--model_name", "my-model"])
+    card = ModelCard.load(run / "README.md")
+    assert card.data.model_name == "my-model"
+    values = {(r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert values[("accuracy", "accuracy (%)")] == 91.234
+    assert values[("sparsity", "sparsity regularized |w|<=1e-03")] == 0.25
