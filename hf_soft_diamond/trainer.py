@@ -286,6 +286,35 @@ class SoftDiamondTrainerMixin:
         return output
 
 
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """Our card (:func:`~hf_soft_diamond.reporting.model_card.render_model_card`) when the run has results.
+
+        ``Trainer.push_to_hub`` calls this before uploading ``output_dir``. The automatic
+        transformers card has no task mapping for translation and drops its results, so
+        when ``output_dir/all_results.json`` holds a task metric (the training scripts write
+        it) the card is rendered from it, with the PNGs of ``output_dir/plots``; otherwise
+        (e.g. a bare ``trainer.push_to_hub()`` before any evaluation) the Trainer's own card.
+        """
+        if not self.is_world_process_zero():
+            return
+        import json
+        from pathlib import Path
+
+        from .reporting.model_card import render_model_card
+
+        out = Path(self.args.output_dir)
+        results_path = out / "all_results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        try:
+            card = render_model_card(
+                results, model_name=model_name or (self.hub_model_id or out.resolve().name).split("/")[-1],
+                plots=sorted(str(p.relative_to(out)) for p in (out / "plots").glob("*.png")))
+        except ValueError:  # no task metric in the results: fall back to the Trainer's card
+            super().create_model_card(model_name=model_name, **kwargs)
+            return
+        card.save(out / "README.md")
+
+
 class SoftDiamondTrainer(SoftDiamondTrainerMixin, Trainer):
     """``transformers.Trainer`` with a weight prior; arguments: :class:`~hf_soft_diamond.SoftDiamondTrainingArguments`.
 
