@@ -305,3 +305,13 @@ def test_sas_decoupled_moves_weights_by_lr_times_score():
     expected = w0 + lr * lam * sas_score(w0, 1.5, 0.5)
     torch.testing.assert_close(param.detach(), expected, rtol=1e-6, atol=1e-9)
     assert torch.all(param.detach().abs() < w0.abs())  # the prior pulls towards 0
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.5, 1.0, 1.2, 1.5, 2.0])
+def test_pwd_fast_powers_equal_pow(exponent):
+    """The fixed-p fast path (|w|, sqrt, ...) against torch.pow, zeros and signs included."""
+    from hf_soft_diamond.priors.pwd import abs_pow
+
+    w = torch.cat([torch.randn(1000, dtype=torch.float64) * 3, torch.tensor([0.0, -0.0, -2.0, 1e-30])])
+    torch.testing.assert_close(abs_pow(w, exponent), w.abs().pow(exponent), rtol=1e-15, atol=0)
+    torch.testing.assert_close(abs_pow(w, torch.tensor(exponent, dtype=torch.float64)), w.abs().pow(exponent))

@@ -13,6 +13,7 @@ weights that hit zero on the way stay zero.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,12 @@ from .base import Regularizer, check_number, register_regularizer
 
 
 def _factor_kernel(w: Tensor, out: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> None:
+    """Factor with the exponent as a tensor (during a p schedule: no recompile as p moves)."""
+    out.copy_(pwd_factor(_at_least_fp32(w), p, decay, l2_decay))
+
+
+def _fixed_p_factor_kernel(w: Tensor, out: Tensor, decay: Tensor, l2_decay: Tensor, *, p: float) -> None:
+    """Factor with the exponent baked in (fixed p: ``|w|``, ``sqrt`` ... instead of ``pow``)."""
     out.copy_(pwd_factor(_at_least_fp32(w), p, decay, l2_decay))
 
 
@@ -56,6 +63,7 @@ class PWDRegularizer(Regularizer):
         self.p_start = check_number("pwd_p_start", p_start, low=self.p, high=2.0)
         self.p_schedule_steps = int(check_number("pwd_p_schedule_steps", p_schedule_steps, low=0))
         self._factor = TensorwiseKernel(_factor_kernel, fused_backend)
+        self._fixed_factor = TensorwiseKernel(functools.partial(_fixed_p_factor_kernel, p=self.p), fused_backend)
         self._apply = TensorwiseKernel(_apply_kernel, fused_backend)
         self._buffers: dict[int, Tensor] = {}
 
@@ -88,8 +96,11 @@ class PWDRegularizer(Regularizer):
 
     def decoupled_pre_step_(self, params, lr):
         p = self.current_p()
-        self._factor([params, self._buffers_for(params)],
-                            [p, p * lr * self.strength, lr * self.l2_strength])
+        buffers = self._buffers_for(params)
+        if p == self.p:  # no schedule, or it has ended
+            self._fixed_factor([params, buffers], [p * lr * self.strength, lr * self.l2_strength])
+        else:
+            self._factor([params, buffers], [p, p * lr * self.strength, lr * self.l2_strength])
 
     def decoupled_post_step_(self, params, lr):
         self._apply([params, self._buffers_for(params)])
