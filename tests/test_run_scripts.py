@@ -181,10 +181,16 @@ def test_spectral_regularizers_train_an_image_model(tmp_path, name):
     pytest.importorskip("sklearn")
     from hf_soft_diamond.run.image import main
 
-    results = main(_flags(image_config(tmp_path / name, regularizer=name, reg_strength=1e-3, max_steps=8,
-                                       prune_fractions=[], reg_kwargs=json.dumps({"refresh_every": 4}))))
+    out = tmp_path / name
+    results = main(_flags(image_config(out, regularizer=name, reg_strength=1e-3, max_steps=8, prune_fractions=[],
+                                       reg_kwargs=json.dumps({"refresh_every": 4}), spectrum_every=4)))
     assert results["regularizer"]["regularizer"] == name
     assert math.isfinite(results["train_loss"]) and results["test_accuracy"] >= 0
+    # the spectrum monitor ran at steps 0, 4, 8 and its per-layer alpha was plotted
+    history = json.loads((out / "spectrum_history.json").read_text())
+    assert [h["step"] for h in history] == [0, 4, 8]
+    assert any(k.endswith("/alpha") for k in history[-1])
+    assert (out / "plots" / "spectrum_alpha.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 The end of a run (:func:`finish_run`) measures the trained model and writes what
 people read: the sparsity report, the prune curve (task metric after global
-magnitude pruning of the regularized weights at METHODS.md's fractions), the plots,
+magnitude pruning of the regularized weights at METHODS.md's fractions), the plots
+(with per-layer Hill alpha over training when the spectrum monitor ran),
 ``all_results.json`` and the model card ``README.md``. Data flows one way: it reads
 the trained model and never changes it (pruning happens on the fly and is undone).
 """
@@ -102,7 +103,8 @@ def finish_run(
 ) -> dict[str, Any]:
     """Measure the trained model, write plots, ``all_results.json`` and the card; return the results."""
     from ..reporting.model_card import render_model_card
-    from ..reporting.plots import plot_layer_sparsity, plot_prune_curves, plot_weight_histogram
+    from ..reporting.plots import (plot_layer_sparsity, plot_prune_curves, plot_spectrum_history,
+                                   plot_weight_histogram)
     from ..sparsity import prune_curve, sparsity_at_max_loss
 
     output_dir = Path(output_dir)
@@ -131,6 +133,11 @@ def finish_run(
     per_layer = {name: fractions[f"{bar_tau:.0e}"] for name, fractions in sparsity["per_layer"].items()}
     if per_layer:
         plots.append(plot_layer_sparsity(per_layer, plots_dir / "layer_sparsity.png", tau=bar_tau))
+    spectrum_file = output_dir / "spectrum_history.json"  # written by SpectrumCallback (--spectrum_every)
+    if spectrum_file.is_file():
+        history = json.loads(spectrum_file.read_text())
+        if any(k.endswith("/alpha") for h in history for k in h):
+            plots.append(plot_spectrum_history(history, plots_dir / "spectrum_alpha.png"))
     if results.get("prune_curve"):
         plots.append(plot_prune_curves({regularizer_hparams.get("regularizer", "run"): results["prune_curve"]},
                                        plots_dir / "prune_curve.png", metric_name=metric_name))

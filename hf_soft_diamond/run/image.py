@@ -47,6 +47,7 @@ from ..data.images import (
 )
 from ..metrics import accuracy
 from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
+from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondTrainer
 from ..training_args import SoftDiamondTrainingArguments
 from .common import PRUNE_FRACTIONS, finish_run, parse_config, write_json
@@ -123,9 +124,14 @@ class ImageDataArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
     prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
         "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: none)."})
+    spectrum_every: int = field(default=0, metadata={
+        "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
+                "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
     prune_eval_samples: int = field(default=2000, metadata={"help": "Test images evaluated at each prune fraction."})
 
     def __post_init__(self) -> None:
+        if self.spectrum_every < 0:
+            raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
         if not (self.dataset_name or self.train_dir):
             raise ValueError("give `dataset_name` (fashion_mnist, digits or a Hub dataset) or `train_dir`.")
         if self.recipe not in RECIPES:
@@ -231,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
     )
+
+    if data_args.spectrum_every:
+        SpectrumCallback(every=data_args.spectrum_every).install(trainer)
 
     results: dict[str, Any] = {
         "task": "image-classification",

@@ -44,6 +44,7 @@ from ..data.translation import (
 )
 from ..metrics import compute_bleu
 from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_translation_model
+from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondSeq2SeqTrainer
 from ..training_args import SoftDiamondSeq2SeqTrainingArguments
 from .common import PRUNE_FRACTIONS, finish_run, parse_config
@@ -104,9 +105,14 @@ class DataTrainingArguments:
                 "no curve)."})
     prune_eval_samples: int = field(default=200, metadata={
         "help": "Test sentences translated at each prune fraction (each point is one generation pass)."})
+    spectrum_every: int = field(default=0, metadata={
+        "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
+                "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
+        if self.spectrum_every < 0:
+            raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
         if not (self.dataset_name or self.train_file):
             raise ValueError("give `dataset_name` (offline corpus or Hub dataset) or `train_file`.")
         if self.num_beams < 1:
@@ -217,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=compute_metrics,
     )
+
+    if data_args.spectrum_every:
+        SpectrumCallback(every=data_args.spectrum_every).install(trainer)
 
     results: dict[str, Any] = {
         "task": "translation",
