@@ -59,6 +59,37 @@ def _dict_to_flags(config: dict[str, Any]) -> list[str]:
     return flags
 
 
+def train_and_evaluate(trainer: Any, training_args: Any, *, has_validation: bool) -> dict[str, Any]:
+    """Train (when ``do_train``), save, evaluate on validation; the metrics of both.
+
+    With ``push_to_hub`` the model is not saved here: the script's final ``push_to_hub``
+    saves it (``Trainer.save_model`` would push a first commit without results and card).
+    """
+    metrics: dict[str, Any] = {}
+    if training_args.do_train:
+        train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        if not training_args.push_to_hub:
+            trainer.save_model()
+        metrics.update(train_out.metrics)
+    if has_validation:
+        metrics.update(trainer.evaluate(metric_key_prefix="eval"))
+    return metrics
+
+
+def training_summary(trainer: Any, training_args: Any, **extra: Any) -> dict[str, Any]:
+    """The recipe as results and cards show it (optimizer, schedule, batch, steps, seed, device) plus ``extra``."""
+    return {
+        "optimizer": str(training_args.optim), "optim_args": training_args.optim_args,
+        "learning_rate": training_args.learning_rate, "lr_scheduler": str(training_args.lr_scheduler_type),
+        "warmup_steps": training_args.warmup_steps, "weight_decay": training_args.weight_decay,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
+        "epochs": round(float(trainer.state.epoch or 0), 3), "seed": training_args.seed,
+        "device": str(training_args.device), **extra,
+    }
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (a temp file in the same folder, then rename)."""
     path = Path(path)

@@ -50,7 +50,8 @@ from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondTrainer
 from ..training_args import SoftDiamondTrainingArguments
-from .common import PRUNE_FRACTIONS, finish_run, parse_config, write_json
+from .common import (PRUNE_FRACTIONS, finish_run, parse_config, train_and_evaluate, training_summary,
+                     write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -251,14 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} (config-built)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if training_args.do_train:
-        train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        if not training_args.push_to_hub:  # with it, the final push_to_hub saves (Trainer.save_model would push
-            trainer.save_model()            # a first commit without results and card)
-        results.update(train_out.metrics)
-        results["train_images_per_second"] = train_out.metrics.get("train_samples_per_second")
-    if "validation" in splits:
-        results.update(trainer.evaluate(metric_key_prefix="eval"))
+    results.update(train_and_evaluate(trainer, training_args, has_validation="validation" in splits))
+    results["train_images_per_second"] = results.get("train_samples_per_second")
     eval_split = "test" if "test" in splits else "validation"
     results.update(trainer.predict(splits[eval_split], metric_key_prefix="test").metrics)
 
@@ -268,18 +263,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return float(trainer.predict(prune_set, metric_key_prefix="prune").metrics["prune_accuracy"])
 
     report = trainer.regularizer_report()
-    results["training"] = {
-        "recipe": data_args.recipe, "optimizer": str(training_args.optim), "optim_args": training_args.optim_args,
-        "learning_rate": training_args.learning_rate, "lr_scheduler": str(training_args.lr_scheduler_type),
-        "warmup_steps": training_args.warmup_steps, "weight_decay": training_args.weight_decay,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
-        "epochs": round(float(trainer.state.epoch or 0), 3), "seed": training_args.seed,
-        "augmentation": {"hflip": data_args.hflip, "crop_padding": data_args.crop_padding,
-                         "cutout_size": data_args.cutout_size, "normalize": data_args.normalize},
-        "dropout": model_args.dropout, "batch_norm": model_args.batch_norm, "device": str(training_args.device),
-    }
+    results["training"] = training_summary(
+        trainer, training_args, recipe=data_args.recipe,
+        augmentation={"hflip": data_args.hflip, "crop_padding": data_args.crop_padding,
+                      "cutout_size": data_args.cutout_size, "normalize": data_args.normalize},
+        dropout=model_args.dropout, batch_norm=model_args.batch_norm)
     results = finish_run(
         model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
         results=results, output_dir=training_args.output_dir, metric_key="test_accuracy", metric_name="accuracy (%)",

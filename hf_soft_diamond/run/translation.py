@@ -47,7 +47,8 @@ from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_tran
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondSeq2SeqTrainer
 from ..training_args import SoftDiamondSeq2SeqTrainingArguments
-from .common import PRUNE_FRACTIONS, finish_run, parse_config
+from .common import (PRUNE_FRACTIONS, finish_run, parse_config, train_and_evaluate, training_summary,
+                     write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": model_args.model_name_or_path or f"marian-{model_args.model_size} (config-built)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if training_args.do_train:
-        train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        if not training_args.push_to_hub:  # with it, the final push_to_hub saves (Trainer.save_model would push
-            trainer.save_model()            # a first commit without results and card)
-        results.update(train_out.metrics)
-    if "validation" in tokenized:
-        results.update(trainer.evaluate(metric_key_prefix="eval"))
+    results.update(train_and_evaluate(trainer, training_args, has_validation="validation" in tokenized))
 
     eval_split = "test" if "test" in tokenized else "validation"
     pred = trainer.predict(tokenized[eval_split], metric_key_prefix="test")
@@ -264,15 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return float(out.metrics["prune_bleu"])
 
     report = trainer.regularizer_report()
-    results["training"] = {
-        "optimizer": training_args.optim, "learning_rate": training_args.learning_rate,
-        "lr_scheduler": str(training_args.lr_scheduler_type), "warmup_steps": training_args.warmup_steps,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
-        "epochs": round(float(trainer.state.epoch or 0), 3), "seed": training_args.seed,
-        "num_beams": data_args.num_beams, "device": str(training_args.device),
-    }
+    results["training"] = training_summary(trainer, training_args, num_beams=data_args.num_beams)
     results = finish_run(
         model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
         results=results, output_dir=training_args.output_dir, metric_key="test_bleu", metric_name="BLEU",
@@ -281,8 +268,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     results["wall_time_s"] = time.perf_counter() - start
     if trainer.is_world_process_zero():
-        from .common import write_json
-
         write_json(Path(training_args.output_dir) / "all_results.json", results)
         logger.info("test BLEU %.2f (%s); sparsity %s", results["test_bleu"], results["test_bleu_signature"],
                     results["sparsity"].get("regularized"))
