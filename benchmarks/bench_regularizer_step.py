@@ -19,13 +19,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from transformers import MarianConfig, MarianMTModel
 
 from hf_soft_diamond import attach_regularizer, build_regularizer, select_parameters
+
+from _common import marian_like, median_time  # noqa: E402 - benchmarks/ is on sys.path
 
 SETTINGS = [
     ("sas coupled a=1.5", "sas", "coupled", {"alpha": 1.5, "gamma": 0.5}),
@@ -35,27 +34,6 @@ SETTINGS = [
     ("l1 prox", "l1", "decoupled", {}),
     ("l2 decoupled (ours)", "l2", "decoupled", {}),
 ]
-
-
-def marian_like(vocab: int) -> MarianMTModel:
-    cfg = MarianConfig(
-        vocab_size=vocab, d_model=512, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=1024,
-        decoder_ffn_dim=1024, encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout=0.0, share_encoder_decoder_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return MarianMTModel(cfg)
-
-
-def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -85,7 +63,7 @@ def main() -> None:
         with torch.no_grad():
             torch._foreach_mul_(params, 1 - lr * wd)
 
-    base = time_it(adamw_decay, args.repeats)
+    base = median_time(adamw_decay, args.repeats, warmup=2)
     print(f"{'AdamW decay (foreach mul_)':28s} {base * 1e3:8.2f} ms   ratio 1.00")
     for label, name, mode, kw in SETTINGS:
         reg = build_regularizer(name, strength=1e-6, mode=mode, fused_backend=args.backend, **kw)
@@ -100,7 +78,7 @@ def main() -> None:
                 reg.decoupled_pre_step_(params, lr)
                 reg.decoupled_post_step_(params, lr)
 
-        t = time_it(work, args.repeats)
+        t = median_time(work, args.repeats, warmup=2)
         print(f"{label:28s} {t * 1e3:8.2f} ms   ratio {t / base:5.2f}")
         handle.remove()
     if args.quick:
@@ -134,7 +112,7 @@ def main() -> None:
         (s[0], 0.0, s) for s in SETTINGS
     ]:
         step, handle = make_step(wdv, setting)
-        results[label] = time_it(step, args.steps)
+        results[label] = median_time(step, args.steps, warmup=2)
         if handle:
             handle.remove()
     plain = results["AdamW wd=0"]

@@ -34,10 +34,11 @@ import statistics
 import time
 
 import torch
-from transformers import MarianConfig, MarianMTModel
 
 from hf_soft_diamond import attach_regularizer, build_regularizer, select_parameters
 from hf_soft_diamond.regularizers.spectral import DEFAULT_REFRESH_EVERY
+
+from _common import marian_like, median_time  # noqa: E402 - benchmarks/ is on sys.path
 
 SETTINGS = [
     ("weighted_alpha", {}),
@@ -46,26 +47,6 @@ SETTINGS = [
     ("frechet_prior", {"a": 2.0, "s": 1.0, "m": 0.0}),
 ]
 STRENGTH = 1e-3
-
-
-def marian_like(vocab: int) -> MarianMTModel:
-    cfg = MarianConfig(
-        vocab_size=vocab, d_model=512, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=1024,
-        decoder_ffn_dim=1024, encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout=0.0, share_encoder_decoder_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return MarianMTModel(cfg)
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def exact_grads(name: str, kw: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
