@@ -289,6 +289,8 @@ def test_json_config_with_flag_overrides_and_unknown_keys(tmp_path):
     ("image", {"cutout_size": -1}, "`crop_padding` and `cutout_size` must be >= 0"),
     ("image", {"train_dir": "/nonexistent"}, "`train_dir`.*is not a directory"),
     ("image", {"regularizer": "pwd", "lp_p": 3.0}, r"`lp_p` must be .*\(0.0, 2.0\]"),
+    ("image", {"final_split": "train"}, r"`final_split` must be one of \('test', 'validation'\)"),
+    ("translation", {"final_split": "dev"}, r"`final_split` must be one of \('test', 'validation'\)"),
 ])
 def test_bad_arguments_fail_before_training_with_the_argument_named(tmp_path, script, bad, message):
     import importlib
@@ -328,6 +330,94 @@ def test_compare_runs_arms_and_seeds_and_tabulates_them(tmp_path):
     main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1",
           "--output_dir", str(out)])
     assert (out / "l1" / "seed1" / "all_results.json").stat().st_mtime == mtime
+
+
+class _UnreadableImages(torch.utils.data.Dataset):
+    """A split whose size is known but whose images must not be read."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        raise AssertionError("the test split was read during a validation-split (tuning) run")
+
+    __getitems__ = __getitem__  # the DataLoader's batched fetch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def with_transform(self, transform):
+        return _UnreadableImages(self.inner.with_transform(transform))
+
+    def subset(self, indices):
+        return _UnreadableImages(self.inner.subset(indices))
+
+
+@pytest.mark.slow
+def test_validation_final_split_never_reads_the_test_split(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.run import image
+
+    real = image.load_image_splits
+
+    def poisoned(data, model_args):
+        splits = real(data, model_args)
+        return {**splits, "test": _UnreadableImages(splits["test"])}
+
+    monkeypatch.setattr(image, "load_image_splits", poisoned)
+    out = tmp_path / "tune"
+    results = image.main(_flags(image_config(out, max_steps=8, final_split="validation")))
+    assert results["dataset_split"] == "validation"
+    assert not any(k.startswith("test_") for k in results)
+    assert 0.0 <= results["eval_accuracy"] <= 100.0 and len(results["prune_curve"]) == 3
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["eval_accuracy"] == results["eval_accuracy"]
+    # the default still evaluates on the (readable) test split: the poisoned one fails loudly
+    with pytest.raises(AssertionError, match="test split was read"):
+        image.main(_flags(image_config(tmp_path / "final", max_steps=2)))
+
+
+def test_expand_grid_names_every_combination_and_best_of_grid_picks_the_top_mean():
+    from hf_soft_diamond.run.compare import best_of_grid, expand_grid
+
+    arms = {"none": {"regularizer": "none"},
+            "sas": {"regularizer": "sas", "sas_alpha": 0.5,
+                    "grid": {"sas_gamma": [0.01, 0.1], "reg_strength": [1e-5, 1e-4, 1e-3]}}}
+    expanded = expand_grid(arms)
+    assert len(expanded) == 1 + 2 * 3 and expanded["none"] == {"regularizer": "none"}
+    assert expanded["sas[reg_strength=0.0001,sas_gamma=0.1]"] == {
+        "regularizer": "sas", "sas_alpha": 0.5, "sas_gamma": 0.1, "reg_strength": 1e-4}
+    # metric means: a NaN (failed runs) never wins; a tie keeps the first grid point
+    means = dict(zip(expanded, [50.0, 70.0, float("nan"), 71.0, 71.0, 10.0, 5.0]))
+    summary = {name: {"metric": (m, 0.0)} for name, m in means.items()}
+    best = best_of_grid(summary, arms)
+    first_71 = next(n for n, m in means.items() if m == 71.0)
+    assert best == {"none": {"regularizer": "none"}, "sas": expanded[first_71]}
+    with pytest.raises(ValueError, match="arm 'bad': `grid` must map each setting to a non-empty list"):
+        expand_grid({"bad": {"grid": {"reg_strength": 1e-4}}})
+
+
+@pytest.mark.slow
+def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.run.compare import compare
+
+    base = image_config(tmp_path / "unused", max_steps=6, prune_fractions=[0.0])
+    arms = {"l1": {"regularizer": "l1", "grid": {"reg_strength": [1e-5, 0.3]}}}
+    payload = compare("image", base, arms, [1], tmp_path / "tune", split="validation")
+    runs = payload["runs"]
+    assert sorted(runs) == ["l1[reg_strength=0.3]", "l1[reg_strength=1e-05]"]
+    for results in runs.values():
+        assert results[0]["dataset_split"] == "validation"
+        assert not any(k.startswith("test_") for k in results[0])
+    accs = {name: r[0]["eval_accuracy"] for name, r in runs.items()}
+    winner = max(accs, key=lambda n: (accs[n], n.endswith("1e-05]")))  # ties: the first grid point (1e-05)
+    expected = {"regularizer": "l1", "reg_strength": 1e-5 if winner.endswith("1e-05]") else 0.3}
+    assert json.loads((tmp_path / "tune" / "best_arms.json").read_text()) == {"l1": expected}
+    assert "accuracy (%) (validation)" in (tmp_path / "tune" / "comparison.md").read_text()
 
 
 def test_compare_rejects_a_bad_arm_before_running_anything(tmp_path):

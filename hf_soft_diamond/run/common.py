@@ -24,6 +24,21 @@ from transformers import HfArgumentParser
 logger = logging.getLogger(__name__)
 
 PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+FINAL_SPLITS: tuple[str, ...] = ("test", "validation")
+
+
+def final_split_and_prefix(final_split: str, available: Sequence[str]) -> tuple[str, str]:
+    """The split the final evaluation reads and its metric prefix.
+
+    ``"test"``: the test split (``test_*`` metrics), or the validation split when the data
+    has none. ``"validation"`` (hyperparameter tuning): the validation split with ``eval_*``
+    metrics; the test split is never read.
+    """
+    if final_split == "validation":
+        if "validation" not in available:
+            raise ValueError("`final_split` is 'validation' but the data has no validation split.")
+        return "validation", "eval"
+    return ("test" if "test" in available else "validation"), "test"
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:

@@ -17,11 +17,20 @@ Arms file (JSON)::
 
     {"l2":  {"regularizer": "l2", "reg_mode": "decoupled", "reg_strength": 0.01},
      "sas": {"regularizer": "sas", "reg_strength": 1e-4, "sas_alpha": 0.5, "sas_gamma": 0.5}}
+
+Tuning on the validation split: an arm may hold a ``"grid"`` of values to try, e.g.
+``{"sas": {"regularizer": "sas", "sas_alpha": 0.5, "grid": {"sas_gamma": [0.01, 0.1],
+"reg_strength": [1e-5, 1e-4]}}}`` expands into the four arms ``sas[reg_strength=1e-05,sas_gamma=0.01]``
+... With ``--split validation`` every run evaluates (and draws its prune curve) on the
+validation split only (``final_split: validation``; the test split is never read), and
+``best_arms.json`` keeps, per arm, the grid point with the best mean validation metric:
+an arms file for the final runs on the test split (``--split test``, the default).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shlex
@@ -35,7 +44,60 @@ from pathlib import Path
 from typing import Any
 
 TASK_MODULES = {"translation": "hf_soft_diamond.run.translation", "image": "hf_soft_diamond.run.image"}
-TASK_METRIC = {"translation": ("test_bleu", "BLEU"), "image": ("test_accuracy", "accuracy (%)")}
+TASK_METRIC = {"translation": ("bleu", "BLEU"), "image": ("accuracy", "accuracy (%)")}
+SPLIT_PREFIX = {"test": "test", "validation": "eval"}
+GRID_KEY = "grid"
+
+
+def metric_key(task: str, split: str = "test") -> str:
+    """The results key of the task metric on ``split``: ``test_bleu``, ``eval_accuracy``, ..."""
+    if split not in SPLIT_PREFIX:
+        raise ValueError(f"`split` must be one of {sorted(SPLIT_PREFIX)}, got {split!r}.")
+    return f"{SPLIT_PREFIX[split]}_{TASK_METRIC[task][0]}"
+
+
+def _grid_label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_grid(arms: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Arms with their ``"grid"`` expanded: one arm per combination, named ``arm[k1=v1,k2=v2]`` (keys sorted).
+
+    Returns ``{name: overrides}``; an arm without a grid is kept as is.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for arm, overrides in arms.items():
+        overrides = dict(overrides)
+        grid = overrides.pop(GRID_KEY, None)
+        if grid is None:
+            out[arm] = overrides
+            continue
+        if not isinstance(grid, Mapping) or not grid or any(
+                not isinstance(v, list) or not v for v in grid.values()):
+            raise ValueError(f"arm {arm!r}: `grid` must map each setting to a non-empty list of values, got {grid!r}.")
+        keys = sorted(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            name = f"{arm}[{','.join(f'{k}={_grid_label(v)}' for k, v in zip(keys, combo))}]"
+            out[name] = {**overrides, **dict(zip(keys, combo))}
+    return out
+
+
+def best_of_grid(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per arm of ``arms`` (before expansion): the overrides of its grid point with the best mean metric.
+
+    ``summary`` is :func:`aggregate`'s output over the expanded arms. Ties keep the first
+    grid point in expansion order; arms whose runs all lack the metric are left out.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for arm, overrides in arms.items():
+        candidates = expand_grid({arm: overrides})
+        scored = [(summary[name]["metric"][0], i, name) for i, name in enumerate(candidates)
+                  if name in summary and not math.isnan(summary[name]["metric"][0])]
+        if scored:
+            _, _, name = max(scored, key=lambda t: (t[0], -t[1]))
+            best[arm] = candidates[name]
+    return best
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -51,9 +113,10 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str) -> dict[str, dict[str, Any]]:
-    """Per arm: mean/std of the task metric, sparsity per threshold, sparsity at <=1pt loss, time."""
-    key, _ = TASK_METRIC[task]
+def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str, split: str = "test"
+              ) -> dict[str, dict[str, Any]]:
+    """Per arm: mean/std of the task metric on ``split``, sparsity per threshold, sparsity at <=1pt loss, time."""
+    key = metric_key(task, split)
     out: dict[str, dict[str, Any]] = {}
     for arm, results in runs.items():
         taus = sorted({t for r in results for t in (r.get("sparsity") or {}).get("regularized", {})}, key=float)
@@ -75,9 +138,9 @@ def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str) -> dic
     return out
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str) -> str:
+def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: str = "test") -> str:
     """The comparison as one Markdown table (values are mean ± std over seeds)."""
-    _, metric_name = TASK_METRIC[task]
+    metric_name = TASK_METRIC[task][1] + (" (validation)" if split == "validation" else "")
     taus = sorted({t for s in summary.values() for t in s["sparsity"]}, key=float)
     head = ["arm", "runs", metric_name] + [f"sparsity ≤{t} (%)" for t in taus] + [
         "sparsity at ≤1pt loss (%)", "wall time (s)"]
@@ -114,14 +177,19 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
 
 def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
             seeds: Sequence[int], output_dir: str | Path, *, launcher: str = "", overwrite: bool = False,
-            jobs: int = 1) -> dict[str, Any]:
+            jobs: int = 1, split: str = "test") -> dict[str, Any]:
     """Run every arm x seed (``jobs`` at a time), then write comparison.md / comparison.json / prune_curves.png.
 
-    Every arm's merged config is parsed by the task's argument classes first, so a bad
-    setting fails before any run starts.
+    Arms holding a ``"grid"`` are expanded first (:func:`expand_grid`). ``split``:
+    ``"test"`` (final runs) or ``"validation"`` (tuning: runs never read the test split;
+    ``best_arms.json`` holds each arm's best grid point). Every arm's merged config is
+    parsed by the task's argument classes first, so a bad setting fails before any run
+    starts.
     """
     if task not in TASK_MODULES:
         raise ValueError(f"`task` must be one of {sorted(TASK_MODULES)}, got {task!r}.")
+    if split not in SPLIT_PREFIX:
+        raise ValueError(f"`split` must be one of {sorted(SPLIT_PREFIX)}, got {split!r}.")
     if not arms:
         raise ValueError("`arms` is empty: give at least one regularizer setting")
     if not seeds:
@@ -129,8 +197,9 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     if jobs < 1:
         raise ValueError(f"`jobs` must be >= 1, got {jobs}.")
     output_dir = Path(output_dir)
-    planned = [(arm, int(seed), {**base_config, **overrides, "seed": int(seed)})
-               for arm, overrides in arms.items() for seed in seeds]
+    expanded = expand_grid(arms)
+    planned = [(arm, int(seed), {**base_config, **overrides, "seed": int(seed), "final_split": split})
+               for arm, overrides in expanded.items() for seed in seeds]
     for arm, seed, config in planned:  # every bad setting fails here, before any training
         validate_config(task, config, f"arm {arm!r} seed {seed}")
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on child processes
@@ -140,7 +209,11 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     runs: dict[str, list[dict[str, Any]]] = {}
     for (arm, _, _), result in zip(planned, results):
         runs.setdefault(arm, []).append(result)
-    return write_comparison(task, runs, output_dir)
+    payload = write_comparison(task, runs, output_dir, split=split)
+    if split == "validation":
+        payload["best_arms"] = best_of_grid(payload["summary"], arms)
+        (output_dir / "best_arms.json").write_text(json.dumps(payload["best_arms"], indent=2) + "\n")
+    return payload
 
 
 def validate_config(task: str, config: Mapping[str, Any], where: str) -> None:
@@ -160,15 +233,15 @@ def validate_config(task: str, config: Mapping[str, Any], where: str) -> None:
             raise ValueError(f"{where}: {err}") from err
 
 
-def write_comparison(task: str, runs: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path
-                     ) -> dict[str, Any]:
+def write_comparison(task: str, runs: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
+                     split: str = "test") -> dict[str, Any]:
     from ..reporting.plots import plot_prune_curves
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = aggregate(runs, task)
-    (output_dir / "comparison.md").write_text(markdown_table(summary, task))
-    payload = {"task": task, "summary": summary, "runs": runs}
+    summary = aggregate(runs, task, split)
+    (output_dir / "comparison.md").write_text(markdown_table(summary, task, split))
+    payload = {"task": task, "split": split, "summary": summary, "runs": runs}
     (output_dir / "comparison.json").write_text(json.dumps(payload, indent=2, default=list))
     curves = {arm: s["prune_curve"] for arm, s in summary.items() if s["prune_curve"]}
     if curves:
@@ -189,13 +262,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="re-run runs that already have results")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process (default 1: one after "
                                                          "another; mind the cores each run uses)")
+    ap.add_argument("--split", default="test", choices=sorted(SPLIT_PREFIX),
+                    help="test (default): final runs. validation: tuning runs that never read the test split; "
+                         "writes best_arms.json (each arm's best grid point) for the final runs")
     args = ap.parse_args(argv)
     base = json.loads(Path(args.base_config).read_text())
     arms_text = Path(args.arms).read_text() if Path(args.arms).exists() else args.arms
     arms = json.loads(arms_text)
     payload = compare(args.task, base, arms, args.seeds, args.output_dir, launcher=args.launcher,
-                      overwrite=args.overwrite, jobs=args.jobs)
-    print(markdown_table(payload["summary"], args.task))
+                      overwrite=args.overwrite, jobs=args.jobs, split=args.split)
+    print(markdown_table(payload["summary"], args.task, args.split))
+    if args.split == "validation":
+        print(f"best grid point per arm: {Path(args.output_dir) / 'best_arms.json'}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondTrainer
 from ..training_args import SoftDiamondTrainingArguments
-from .common import (PRUNE_FRACTIONS, finish_run, parse_config, train_and_evaluate, training_summary,
+from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, final_split_and_prefix, finish_run, parse_config,
+                     train_and_evaluate, training_summary,
                      write_json)
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,14 @@ class ImageDataArguments:
     spectrum_every: int = field(default=0, metadata={
         "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
                 "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
-    prune_eval_samples: int = field(default=2000, metadata={"help": "Test images evaluated at each prune fraction."})
+    final_split: str = field(default="test", metadata={
+        "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
+                "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
+    prune_eval_samples: int = field(default=2000, metadata={"help": "Images of the final split evaluated at each prune fraction."})
 
     def __post_init__(self) -> None:
+        if self.final_split not in FINAL_SPLITS:
+            raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
         if self.spectrum_every < 0:
             raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
         if not (self.dataset_name or self.train_dir):
@@ -242,20 +248,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if data_args.spectrum_every:
         SpectrumCallback(every=data_args.spectrum_every).install(trainer)
 
+    eval_split, prefix = final_split_and_prefix(data_args.final_split, list(splits))
     results: dict[str, Any] = {
         "task": "image-classification",
         "dataset_name": data_args.dataset_name if not data_args.train_dir else Path(data_args.train_dir).name,
         "dataset_config_name": data_args.dataset_config_name,
-        "dataset_split": "test" if "test" in splits else "validation",
+        "dataset_split": eval_split,
         "image_shape": [channels, side, side],
         "num_classes": train.num_classes,
         "model": model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} (config-built)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
-    results.update(train_and_evaluate(trainer, training_args, has_validation="validation" in splits))
+    # the final evaluation below reads the validation split itself when tuning
+    results.update(train_and_evaluate(trainer, training_args,
+                                      has_validation="validation" in splits and eval_split != "validation"))
     results["train_images_per_second"] = results.get("train_samples_per_second")
-    eval_split = "test" if "test" in splits else "validation"
-    results.update(trainer.predict(splits[eval_split], metric_key_prefix="test").metrics)
+    results.update(trainer.predict(splits[eval_split], metric_key_prefix=prefix).metrics)
 
     prune_set = _truncate(splits[eval_split], data_args.prune_eval_samples)
 
@@ -270,14 +278,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dropout=model_args.dropout, batch_norm=model_args.batch_norm)
     results = finish_run(
         model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
-        results=results, output_dir=training_args.output_dir, metric_key="test_accuracy", metric_name="accuracy (%)",
+        results=results, output_dir=training_args.output_dir, metric_key=f"{prefix}_accuracy",
+        metric_name="accuracy (%)",
         evaluate_fn=accuracy_of, prune_fractions=data_args.prune_fractions,
         thresholds=training_args.sparsity_thresholds, is_main_process=trainer.is_world_process_zero(),
     )
     results["wall_time_s"] = time.perf_counter() - start
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "all_results.json", results)
-        logger.info("test accuracy %.2f%%; sparsity %s", results["test_accuracy"], results["sparsity"]["regularized"])
+        logger.info("%s accuracy %.2f%%; sparsity %s", eval_split, results[f"{prefix}_accuracy"],
+                    results["sparsity"]["regularized"])
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
     return results

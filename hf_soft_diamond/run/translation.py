@@ -47,7 +47,8 @@ from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_tran
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondSeq2SeqTrainer
 from ..training_args import SoftDiamondSeq2SeqTrainingArguments
-from .common import (PRUNE_FRACTIONS, finish_run, parse_config, train_and_evaluate, training_summary,
+from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, final_split_and_prefix, finish_run, parse_config,
+                     train_and_evaluate, training_summary,
                      write_json)
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,20 @@ class DataTrainingArguments:
     prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
         "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: "
                 "no curve)."})
+    final_split: str = field(default="test", metadata={
+        "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
+                "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
     prune_eval_samples: int = field(default=200, metadata={
-        "help": "Test sentences translated at each prune fraction (each point is one generation pass)."})
+        "help": "Sentences of the final split translated at each prune fraction (each point is one generation "
+                "pass)."})
     spectrum_every: int = field(default=0, metadata={
         "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
                 "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
+        if self.final_split not in FINAL_SPLITS:
+            raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
         if self.spectrum_every < 0:
             raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
         if not (self.dataset_name or self.train_file):
@@ -228,26 +235,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if data_args.spectrum_every:
         SpectrumCallback(every=data_args.spectrum_every).install(trainer)
 
+    eval_split, prefix = final_split_and_prefix(data_args.final_split, list(tokenized))
     results: dict[str, Any] = {
         "task": "translation",
         "dataset_name": data_args.dataset_name if not data_args.train_file else Path(data_args.train_file).stem,
         "dataset_config_name": data_args.dataset_config_name,
-        "dataset_split": "test" if "test" in tokenized else "validation",
+        "dataset_split": eval_split,
         "language_pair": f"{src}-{tgt}",
         "model": model_args.model_name_or_path or f"marian-{model_args.model_size} (config-built)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
-    results.update(train_and_evaluate(trainer, training_args, has_validation="validation" in tokenized))
+    # the final evaluation below reads the validation split itself when tuning
+    results.update(train_and_evaluate(trainer, training_args,
+                                      has_validation="validation" in tokenized and eval_split != "validation"))
 
-    eval_split = "test" if "test" in tokenized else "validation"
-    pred = trainer.predict(tokenized[eval_split], metric_key_prefix="test")
+    pred = trainer.predict(tokenized[eval_split], metric_key_prefix=prefix)
     results.update(pred.metrics)
     preds = np.where(pred.predictions < 0, tokenizer.pad_token_id, pred.predictions)
     hyps = [h.strip() for h in tokenizer.batch_decode(preds, skip_special_tokens=True)]
     refs = [ex[tgt] for ex in splits[eval_split]["translation"]]
     bleu = compute_bleu(hyps, refs)  # against the raw references, not the tokenized-and-decoded ones
-    results.update({"test_bleu": bleu["bleu"], "test_chrf": bleu["chrf"], "test_bleu_signature": bleu["bleu_signature"],
-                    "test_chrf_signature": bleu["chrf_signature"]})
+    results.update({f"{prefix}_bleu": bleu["bleu"], f"{prefix}_chrf": bleu["chrf"],
+                    f"{prefix}_bleu_signature": bleu["bleu_signature"],
+                    f"{prefix}_chrf_signature": bleu["chrf_signature"]})
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training_args.output_dir) / "generated_predictions.txt").write_text("\n".join(hyps) + "\n")
@@ -262,14 +272,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["training"] = training_summary(trainer, training_args, num_beams=data_args.num_beams)
     results = finish_run(
         model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
-        results=results, output_dir=training_args.output_dir, metric_key="test_bleu", metric_name="BLEU",
+        results=results, output_dir=training_args.output_dir, metric_key=f"{prefix}_bleu", metric_name="BLEU",
         evaluate_fn=bleu_of, prune_fractions=data_args.prune_fractions if data_args.prune_fractions else (),
         thresholds=training_args.sparsity_thresholds, is_main_process=trainer.is_world_process_zero(),
     )
     results["wall_time_s"] = time.perf_counter() - start
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "all_results.json", results)
-        logger.info("test BLEU %.2f (%s); sparsity %s", results["test_bleu"], results["test_bleu_signature"],
+        logger.info("%s BLEU %.2f (%s); sparsity %s", eval_split, results[f"{prefix}_bleu"],
+                    results[f"{prefix}_bleu_signature"],
                     results["sparsity"].get("regularized"))
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
