@@ -79,6 +79,32 @@ def test_fast_compiled_equals_eager(alpha):
         assert rel <= bound, rel
 
 
+@pytest.mark.parametrize("alpha", ALPHAS + [1.0, 2.0])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_score_signed_is_the_odd_extension_of_the_table(alpha, compiled):
+    """What the per-step kernels read: psi_1(scale*x) for both signs, constants folded."""
+    if compiled and not compile_available("cpu"):
+        pytest.skip("needs a C++ compiler for inductor")
+    from hf_soft_diamond.fused import COMPILE_OPTIONS
+
+    table = get_sas_table(alpha)
+    z = _z_grid()
+    x = torch.cat([z, -z, torch.zeros(1, dtype=torch.float64)])
+    scale = torch.tensor(0.37, dtype=torch.float64)  # a 0-d tensor, as the kernels pass it
+    # reference: the float64 table read (verified against scipy in test_sas.py), made odd by hand
+    ref = torch.where(x < 0, -1.0, 1.0).double() * table.score_unit(x.abs() * 0.37)
+    fn = table.score_signed
+    if compiled:
+        torch._dynamo.reset()  # one code object (score_signed) for every alpha: keep under the recompile limit
+        fn = torch.compile(table.score_signed, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS)
+    for fast in (True, False):
+        got = fn(x.float(), scale.float(), fast=fast, out_scale=torch.tensor(-3.0)).double() / -3.0
+        assert got[-1] == 0 and torch.all(torch.sign(got[:-1]) == -torch.sign(x[:-1]))
+        rel = ((got[:-1] / ref[:-1]) - 1.0).abs().max().item()
+        bound = (table.fast_max_rel_error + 3e-5) if fast else 1e-5  # table path: a float32 read
+        assert rel <= max(bound, 1e-5), (fast, rel)
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.5])
 @pytest.mark.parametrize("backend", ["eager", "auto"])
 def test_regularizer_fast_vs_table(alpha, backend):

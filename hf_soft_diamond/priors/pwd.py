@@ -22,10 +22,14 @@ from torch import Tensor
 
 
 def abs_pow(w: Tensor, exponent: Tensor | float) -> Tensor:
-    """``|w|^exponent``; a Python float exponent of 0, 1, 0.5, 1.5 or 2 avoids the ``exp(e*log|w|)`` of ``pow``.
+    """``|w|^exponent`` for ``exponent >= 0``, cheaply.
 
-    The per-step cost of pWD is dominated by this power; with the exponent known when the
-    kernel is built (a fixed p), the common p = 1, 1.5 and 2 need no transcendental at all.
+    The per-step cost of pWD is dominated by this power. A Python float exponent of 0, 1,
+    0.5, 1.5 or 2 (p = 2, 1, 1.5, 0.5, 0 in ``2 - p``) needs no transcendental at all.
+    Any other exponent is ``exp2(e * log2|w|)`` (``|w| = 0`` gives ``exp2(-inf) = 0``,
+    or 1 for e = 0 as ``pow``): about half the cost of a vectorized ``pow`` on CPU, at
+    a relative error of ~2e-6 in float32 for |w| ~ 1e-3 (~1e-5 at 1e-30; ``pow``: ~1e-6) -- X
+    only scales the decay.
     """
     a = w.abs()
     if isinstance(exponent, (int, float)):
@@ -40,7 +44,10 @@ def abs_pow(w: Tensor, exponent: Tensor | float) -> Tensor:
             return a * a.sqrt()
         if e == 2.0:
             return a * a
-    return a.pow(exponent)
+    x = torch.exp2(torch.log2(a) * exponent)  # |w| = 0: exp2(-inf) = 0 for exponent > 0
+    if isinstance(exponent, (int, float)):
+        return x
+    return torch.where(a > 0, x, (exponent == 0).to(a.dtype))  # 0^0 = 1 (and -inf*0 = nan avoided)
 
 
 def pwd_factor(w: Tensor, p: Tensor | float, decay: Tensor | float, l2_decay: Tensor | float = 0.0) -> Tensor:

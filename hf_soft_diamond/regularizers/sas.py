@@ -33,24 +33,18 @@ from .base import Regularizer, check_number, register_regularizer
 SCORE_PATHS: tuple[str, ...] = ("fast", "table")
 
 
-def _score(table, fast: bool, z: Tensor) -> Tensor:
-    # the table object and a bool (not a bound method, a new object per access) are
-    # what the partials hold, so compiled graphs are reused across regularizers
-    return table.score_unit_fast(z) if fast else table.score_unit(z)
-
-
 def _grad_kernel(w: Tensor, g: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> None:
-    # g += -strength * psi_gamma(w) = -strength * sign(w) * psi_1(|w|/c) / c ; coef = strength / c
+    # g += -strength * psi_gamma(w) = -strength * psi_1(w/c) / c ; coef = strength / c.
+    # The partials hold the table and a bool (not a bound method, a new object per
+    # access), so compiled graphs are reused across regularizers.
     wf = _at_least_fp32(w)
-    psi = _score(table, fast, wf.abs() * inv_c.to(wf.dtype))
-    g.add_((wf.sign() * psi * (-coef.to(wf.dtype))).to(g.dtype))
+    g.add_(table.score_signed(wf, inv_c.to(wf.dtype), fast=fast, out_scale=-coef.to(wf.dtype)).to(g.dtype))
 
 
 def _decoupled_kernel(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> None:
     # w += lr * strength * psi_gamma(w) ; coef = lr * strength / c
     wf = _at_least_fp32(w)
-    psi = _score(table, fast, wf.abs() * inv_c.to(wf.dtype))
-    w.add_((wf.sign() * psi * coef.to(wf.dtype)).to(w.dtype))
+    w.add_(table.score_signed(wf, inv_c.to(wf.dtype), fast=fast, out_scale=coef.to(wf.dtype)).to(w.dtype))
 
 
 @register_regularizer
