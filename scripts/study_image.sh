@@ -7,6 +7,7 @@
 #      batch norm, without augmentation (seeds 1-2)
 #   4. the same four arms on the small ViT, 300 steps (seeds 1-2; hyperparameters tuned on the
 #      ResNet; a ViT step costs ~0.7 s here, 10x the ResNet's)
+#   5. the sparse picks of step 1 (sparsest within 1 point of 'none') on the test split, seeds 1-3
 # Finished runs are reused: the script can be stopped and started again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,3 +41,18 @@ done
 
 compare --base_config configs/study_image_vit.json --arms "$OUT/interaction_arms.json" \
     --seeds 1 2 --output_dir "$OUT/vit"
+
+# 5. the sparse picks: per arm, the sparsest grid point (|w| <= 1e-3) within 1 point of
+#    'none' on validation (sparsest_arms.json), where it differs from the most accurate one;
+#    L2 and the spectral arm are left out (their sparsest points are not sparse: <= 3%)
+"$PY" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+tune = Path(sys.argv[1]) / "tune_resnet"
+best = json.loads((tune / "best_arms.json").read_text())
+sparse = json.loads((tune / "sparsest_arms.json").read_text())
+arms = {f"{k}_sparse": v for k, v in sparse.items() if v != best.get(k) and k not in ("l2", "spectral")}
+(tune / "sparse_final_arms.json").write_text(json.dumps(arms, indent=2))
+PY
+compare --base_config configs/study_image_resnet.json --arms "$OUT/tune_resnet/sparse_final_arms.json" \
+    --seeds 1 2 3 --output_dir "$OUT/resnet_sparse"

@@ -400,6 +400,22 @@ def test_expand_grid_names_every_combination_and_best_of_grid_picks_the_top_mean
         expand_grid({"bad": {"grid": {"reg_strength": 1e-4}}})
 
 
+def test_sparsest_within_keeps_the_sparsest_point_no_worse_than_one_point_below_none():
+    from hf_soft_diamond.run.compare import expand_grid, sparsest_within
+
+    arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2, 3, 4]}}}
+    names = list(expand_grid(arms))
+    # (accuracy, sparsity at 1e-3): none 90; l1 grid: 89.5/0.2, 89.1/0.6, 88.9/0.9 (too lossy), 91/0.1
+    rows = [(90.0, 0.0), (89.5, 0.2), (89.1, 0.6), (88.9, 0.9), (91.0, 0.1)]
+    summary = {n: {"metric": (m, 0.0), "sparsity": {"1e-03": (sp, 0.0)}} for n, (m, sp) in zip(names, rows)}
+    assert sparsest_within(summary, arms)["l1"] == {"regularizer": "l1", "reg_strength": 2}
+    assert sparsest_within(summary, arms, max_loss=1.2)["l1"]["reg_strength"] == 3
+    # without a 'none' arm the reference is the best grid point (91): only 91 itself is within 1 point
+    del summary["none"]
+    assert sparsest_within(summary, {"l1": arms["l1"]})["l1"]["reg_strength"] == 4
+    assert sparsest_within(summary, {"l1": arms["l1"]}, max_loss=1.6)["l1"]["reg_strength"] == 1
+
+
 @pytest.mark.slow
 def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
     pytest.importorskip("sklearn")
@@ -417,6 +433,7 @@ def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
     winner = max(accs, key=lambda n: (accs[n], n.endswith("1e-05]")))  # ties: the first grid point (1e-05)
     expected = {"regularizer": "l1", "reg_strength": 1e-5 if winner.endswith("1e-05]") else 0.3}
     assert json.loads((tmp_path / "tune" / "best_arms.json").read_text()) == {"l1": expected}
+    assert set(json.loads((tmp_path / "tune" / "sparsest_arms.json").read_text())) <= {"l1"}
     assert "accuracy (%) (validation)" in (tmp_path / "tune" / "comparison.md").read_text()
 
 
