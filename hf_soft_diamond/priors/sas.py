@@ -422,10 +422,11 @@ class FastScore:
         self.degree = len(self.a) - 1
         self.max_rel_error = math.nan
 
-    def _ratio(self, v: Tensor, numerator: list[float]) -> tuple[Tensor, Tensor]:
-        num = v * numerator[-1] + numerator[-2]
+    def _ratio(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Numerator ``A(v)`` and denominator ``B(v)`` by Horner (two independent chains)."""
+        num = v * self.a[-1] + self.a[-2]
         den = v * self.b[-1] + self.b[-2]
-        for ca, cb in zip(numerator[-3::-1], self.b[-3::-1]):
+        for ca, cb in zip(self.a[-3::-1], self.b[-3::-1]):
             num = num * v + ca
             den = den * v + cb
         return num, den
@@ -443,7 +444,7 @@ class FastScore:
         y = (x * (scale * self.inv_z0)).clamp(-self.y_max, self.y_max)
         one_y2 = 1.0 + y * y
         v = 1.0 / one_y2 if self.p == 2.0 else 1.0 / (1.0 + torch.sqrt(y.abs()))
-        num, den = self._ratio(v, self.a)
+        num, den = self._ratio(v)
         return (num * y) / (den * one_y2) * (out_scale * -self.z0)
 
     def __call__(self, z: Tensor) -> Tensor:
@@ -455,7 +456,7 @@ class FastScore:
             v = 1.0 / one_y2
         else:  # p = 1/2
             v = 1.0 / (1.0 + torch.sqrt(y))
-        num, den = self._ratio(v, self.a)
+        num, den = self._ratio(v)
         # -kappa G z / (1 + z^2/s0): 2 divisions in all (v and this one)
         return -(num * y) / (den * one_y2) * self.z0
 

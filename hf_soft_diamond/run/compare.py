@@ -84,6 +84,30 @@ def expand_grid(arms: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
+def _pick_per_arm(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]],
+                  score: Any) -> dict[str, dict[str, Any]]:
+    """Per arm: the overrides of the grid point with the highest ``score(summary_entry)``
+    (``None`` or NaN: not eligible); ties keep the first point in expansion order."""
+    picked: dict[str, dict[str, Any]] = {}
+    for arm, overrides in arms.items():
+        candidates = expand_grid({arm: overrides})
+        scored = [(value, -i, name) for i, name in enumerate(candidates) if name in summary
+                  for value in [score(summary[name])] if value is not None and not math.isnan(value)]
+        if scored:
+            picked[arm] = candidates[max(scored)[2]]
+    return picked
+
+
+def best_of_grid(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per arm of ``arms`` (before expansion): the overrides of its grid point with the best mean metric.
+
+    ``summary`` is :func:`aggregate`'s output over the expanded arms. Ties keep the first
+    grid point in expansion order; arms whose runs all lack the metric are left out.
+    """
+    return _pick_per_arm(summary, arms, lambda entry: entry["metric"][0])
+
+
 def sparsest_within(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]],
                     max_loss: float = 1.0, tau: str = "1e-03", reference: str = "none"
                     ) -> dict[str, dict[str, Any]]:
@@ -98,33 +122,8 @@ def sparsest_within(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str,
         floor = summary[reference]["metric"][0] - max_loss
     else:
         floor = max(s["metric"][0] for s in summary.values() if not math.isnan(s["metric"][0])) - max_loss
-    out: dict[str, dict[str, Any]] = {}
-    for arm, overrides in arms.items():
-        candidates = expand_grid({arm: overrides})
-        scored = [(summary[name]["sparsity"].get(tau, (math.nan,))[0], -i, name) for i, name in enumerate(candidates)
-                  if name in summary and summary[name]["metric"][0] >= floor]
-        scored = [t for t in scored if not math.isnan(t[0])]
-        if scored:
-            out[arm] = candidates[max(scored)[2]]
-    return out
-
-
-def best_of_grid(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]]
-                 ) -> dict[str, dict[str, Any]]:
-    """Per arm of ``arms`` (before expansion): the overrides of its grid point with the best mean metric.
-
-    ``summary`` is :func:`aggregate`'s output over the expanded arms. Ties keep the first
-    grid point in expansion order; arms whose runs all lack the metric are left out.
-    """
-    best: dict[str, dict[str, Any]] = {}
-    for arm, overrides in arms.items():
-        candidates = expand_grid({arm: overrides})
-        scored = [(summary[name]["metric"][0], i, name) for i, name in enumerate(candidates)
-                  if name in summary and not math.isnan(summary[name]["metric"][0])]
-        if scored:
-            _, _, name = max(scored, key=lambda t: (t[0], -t[1]))
-            best[arm] = candidates[name]
-    return best
+    return _pick_per_arm(summary, arms, lambda entry: entry["sparsity"].get(tau, (math.nan,))[0]
+                         if entry["metric"][0] >= floor else None)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
