@@ -879,9 +879,7 @@ def sas_score(x: Tensor, alpha: float, gamma: float = 1.0) -> Tensor:
     """
     with torch.no_grad():
         table, work, c = _prepare(x, alpha, gamma)
-        z = work.abs() * (1.0 / c)
-        psi = table.score_unit(z) * (1.0 / c)
-        out = -torch.copysign(psi.abs(), work)  # odd in x, psi_1 <= 0
+        out = table.score_signed(work, 1.0 / c, fast=False, out_scale=1.0 / c)  # the exact table read, odd in x
         return out.to(x.dtype) if x.is_floating_point() else out
 
 
