@@ -33,7 +33,7 @@ def tokenizer():
 
 
 def test_named_sizes():
-    assert set(TRANSLATION_MODEL_SIZES) == {"tiny", "small", "iwslt"}
+    assert set(TRANSLATION_MODEL_SIZES) == {"micro", "tiny", "small", "iwslt"}
     iwslt = TRANSLATION_MODEL_SIZES["iwslt"]
     assert (iwslt["encoder_layers"], iwslt["decoder_layers"], iwslt["d_model"]) == (6, 6, 512)
     assert (iwslt["encoder_ffn_dim"], iwslt["decoder_ffn_dim"]) == (1024, 1024)
@@ -44,7 +44,7 @@ def test_named_sizes():
         build_translation_model("huge", None)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("size", ["tiny", "small", "iwslt"])
+@pytest.mark.parametrize("size", ["micro", "tiny", "small", "iwslt"])
 def test_config_uses_the_tokenizer_ids_and_ties_embeddings(size, tokenizer):
     config = translation_config(size, tokenizer)
     assert config.vocab_size == len(tokenizer) == 400

@@ -14,7 +14,7 @@ Data, one of:
   * ``--train_file/--validation_file/--test_file``: json/jsonl/csv/tsv files.
 
 Model: ``--model_name_or_path`` (a Marian/T5/BART checkpoint, with its tokenizer) or
-``--model_size tiny|small|iwslt`` built from a config with a joint BPE tokenizer trained
+``--model_size micro|tiny|small|iwslt`` built from a config with a joint BPE tokenizer trained
 on the training split (saved with the model).
 
 Runs unchanged under ``accelerate launch`` and ``torchrun``.
