@@ -435,6 +435,40 @@ def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
     assert json.loads((tmp_path / "tune" / "best_arms.json").read_text()) == {"l1": expected}
     assert set(json.loads((tmp_path / "tune" / "sparsest_arms.json").read_text())) <= {"l1"}
     assert "accuracy (%) (validation)" in (tmp_path / "tune" / "comparison.md").read_text()
+    # ranked by validation loss instead (finished runs are reused): the lowest eval_loss wins
+    payload = compare("image", base, arms, [1], tmp_path / "tune", split="validation", metric="loss")
+    losses = {name: r[0]["eval_loss"] for name, r in payload["runs"].items()}
+    lowest = min(losses, key=lambda n: (losses[n], not n.endswith("1e-05]")))
+    assert payload["best_arms"] == {"l1": {"regularizer": "l1", "reg_strength": 1e-5 if lowest.endswith("1e-05]")
+                                           else 0.3}}
+    assert "| loss (nats) (validation) ▼ | accuracy (%) |" in (tmp_path / "tune" / "comparison.md").read_text()
+
+
+def test_a_loss_ranks_lower_is_better_and_every_metric_is_tabulated():
+    from hf_soft_diamond.run.compare import aggregate, best_of_grid, markdown_table, sparsest_within
+
+    arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2, 3]}}}
+    names = ["none", "l1[reg_strength=1]", "l1[reg_strength=2]", "l1[reg_strength=3]"]
+    # (bleu, chrf, loss, sparsity at 1e-3) of two seeds each
+    rows = {"none": [(1.0, 10.0, 4.00, 0.0), (0.8, 11.0, 4.02, 0.0)],
+            "l1[reg_strength=1]": [(0.9, 12.0, 3.90, 0.1), (1.1, 12.0, 3.92, 0.1)],
+            "l1[reg_strength=2]": [(1.5, 9.0, 4.03, 0.5), (1.3, 9.0, 4.05, 0.5)],
+            "l1[reg_strength=3]": [(0.1, 3.0, 4.50, 0.9), (0.1, 3.0, 4.52, 0.9)]}
+    runs = {n: [{"eval_bleu": b, "eval_chrf": c, "eval_loss": lo, "sparsity": {"regularized": {"1e-03": sp}},
+                 "wall_time_s": 1.0} for b, c, lo, sp in rows[n]] for n in names}
+    by_loss = aggregate(runs, "translation", "validation", metric="loss")
+    assert by_loss["l1[reg_strength=1]"]["metric"][0] == pytest.approx(3.91)
+    assert by_loss["none"]["metrics"]["chrf"] == pytest.approx((10.5, math.sqrt(0.5)))
+    assert best_of_grid(by_loss, arms, higher_is_better=False)["l1"]["reg_strength"] == 1
+    # within 0.05 nats of none's 4.01: strengths 1 (3.91) and 2 (4.04); 2 is the sparser
+    assert sparsest_within(by_loss, arms, max_loss=0.05, higher_is_better=False)["l1"]["reg_strength"] == 2
+    assert sparsest_within(by_loss, arms, max_loss=0.02, higher_is_better=False)["l1"]["reg_strength"] == 1
+    by_bleu = aggregate(runs, "translation", "validation")
+    assert best_of_grid(by_bleu, arms)["l1"]["reg_strength"] == 2
+    head = markdown_table(by_loss, "translation", "validation", "loss").splitlines()[0]
+    assert head.startswith("| arm | runs | loss (nats/token) (validation) ▼ | BLEU | chrF | sparsity ≤1e-03 (%)")
+    with pytest.raises(ValueError, match="`metric` must be one of .*'accuracy'.* for task 'image', got 'chrf'"):
+        aggregate({}, "image", metric="chrf")
 
 
 def test_compare_rejects_a_bad_arm_before_running_anything(tmp_path):

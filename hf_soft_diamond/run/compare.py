@@ -26,7 +26,13 @@ validation split only (``final_split: validation``; the test split is never read
 ``best_arms.json`` keeps, per arm, the grid point with the best mean validation metric:
 an arms file for the final runs on the test split (``--split test``, the default);
 ``sparsest_arms.json`` the grid point with the most weights at ``|w| <= 1e-3`` among those
-within 1 point of the ``none`` arm (:func:`sparsest_within`).
+within 1 point of the ``none`` arm (:func:`sparsest_within`; ``--tolerance``).
+
+``--metric`` chooses what ranks the grid points and heads the table: the task's headline
+metric by default (BLEU, accuracy), or any other the runs report (:data:`TASK_METRICS`:
+``chrf``, ``loss``; a loss ranks lower-is-better). At budgets where BLEU is near zero,
+validation cross-entropy separates settings that BLEU cannot. The tables show every
+metric the runs report.
 """
 
 from __future__ import annotations
@@ -46,16 +52,32 @@ from pathlib import Path
 from typing import Any
 
 TASK_MODULES = {"translation": "hf_soft_diamond.run.translation", "image": "hf_soft_diamond.run.image"}
+#: The task's headline metric (results key suffix, label): what the prune curves measure.
 TASK_METRIC = {"translation": ("bleu", "BLEU"), "image": ("accuracy", "accuracy (%)")}
+#: Every metric a task's results hold: name -> (label, higher is better). Any of them can
+#: rank the grid points (``--metric``); the tables show them all.
+TASK_METRICS: dict[str, dict[str, tuple[str, bool]]] = {
+    "translation": {"bleu": ("BLEU", True), "chrf": ("chrF", True), "loss": ("loss (nats/token)", False)},
+    "image": {"accuracy": ("accuracy (%)", True), "loss": ("loss (nats)", False)},
+}
 SPLIT_PREFIX = {"test": "test", "validation": "eval"}
 GRID_KEY = "grid"
 
 
-def metric_key(task: str, split: str = "test") -> str:
-    """The results key of the task metric on ``split``: ``test_bleu``, ``eval_accuracy``, ..."""
+def _check_metric(task: str, metric: str | None) -> str:
+    metric = metric or TASK_METRIC[task][0]
+    if metric not in TASK_METRICS[task]:
+        raise ValueError(f"`metric` must be one of {sorted(TASK_METRICS[task])} for task {task!r}, got {metric!r}.")
+    return metric
+
+
+def metric_key(task: str, split: str = "test", metric: str | None = None) -> str:
+    """The results key of a task metric on ``split``: ``test_bleu``, ``eval_accuracy``, ``eval_loss``, ...
+
+    ``metric``: a name of :data:`TASK_METRICS` (default: the task's headline metric)."""
     if split not in SPLIT_PREFIX:
         raise ValueError(f"`split` must be one of {sorted(SPLIT_PREFIX)}, got {split!r}.")
-    return f"{SPLIT_PREFIX[split]}_{TASK_METRIC[task][0]}"
+    return f"{SPLIT_PREFIX[split]}_{_check_metric(task, metric)}"
 
 
 def _grid_label(value: Any) -> str:
@@ -98,32 +120,36 @@ def _pick_per_arm(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, M
     return picked
 
 
-def best_of_grid(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]]
-                 ) -> dict[str, dict[str, Any]]:
+def best_of_grid(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]],
+                 higher_is_better: bool = True) -> dict[str, dict[str, Any]]:
     """Per arm of ``arms`` (before expansion): the overrides of its grid point with the best mean metric.
 
-    ``summary`` is :func:`aggregate`'s output over the expanded arms. Ties keep the first
-    grid point in expansion order; arms whose runs all lack the metric are left out.
+    ``summary`` is :func:`aggregate`'s output over the expanded arms; ``higher_is_better``
+    False for a loss. Ties keep the first grid point in expansion order; arms whose runs
+    all lack the metric are left out.
     """
-    return _pick_per_arm(summary, arms, lambda entry: entry["metric"][0])
+    sign = 1.0 if higher_is_better else -1.0
+    return _pick_per_arm(summary, arms, lambda entry: sign * entry["metric"][0])
 
 
 def sparsest_within(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]],
-                    max_loss: float = 1.0, tau: str = "1e-03", reference: str = "none"
-                    ) -> dict[str, dict[str, Any]]:
+                    max_loss: float = 1.0, tau: str = "1e-03", reference: str = "none",
+                    higher_is_better: bool = True) -> dict[str, dict[str, Any]]:
     """Per arm: the grid point with the most weights at ``|w| <= tau`` among those whose mean
-    metric is at most ``max_loss`` below the reference arm's (``reference``, or the best
+    metric is at most ``max_loss`` worse than the reference arm's (``reference``, or the best
     grid point overall when there is no such arm). Arms with no such point are left out.
+    ``higher_is_better`` False for a loss (worse = higher).
 
     The papers' claim is accuracy *and* sparsity; :func:`best_of_grid` picks accuracy alone,
     which at one seed is often a coin toss between settings within noise of each other.
     """
+    sign = 1.0 if higher_is_better else -1.0  # compare sign * metric: higher is better
     if reference in summary:
-        floor = summary[reference]["metric"][0] - max_loss
+        floor = sign * summary[reference]["metric"][0] - max_loss
     else:
-        floor = max(s["metric"][0] for s in summary.values() if not math.isnan(s["metric"][0])) - max_loss
+        floor = max(sign * s["metric"][0] for s in summary.values() if not math.isnan(s["metric"][0])) - max_loss
     return _pick_per_arm(summary, arms, lambda entry: entry["sparsity"].get(tau, (math.nan,))[0]
-                         if entry["metric"][0] >= floor else None)
+                         if sign * entry["metric"][0] >= floor else None)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -139,16 +165,19 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str, split: str = "test"
-              ) -> dict[str, dict[str, Any]]:
-    """Per arm: mean/std of the task metric on ``split``, sparsity per threshold, sparsity at <=1pt loss, time."""
-    key = metric_key(task, split)
+def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str, split: str = "test",
+              metric: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per arm: mean/std of the ranking ``metric`` (default: the task's headline metric) and of
+    every task metric on ``split``, sparsity per threshold, sparsity at <=1pt loss, time."""
+    key = metric_key(task, split, metric)
     out: dict[str, dict[str, Any]] = {}
     for arm, results in runs.items():
         taus = sorted({t for r in results for t in (r.get("sparsity") or {}).get("regularized", {})}, key=float)
         entry: dict[str, Any] = {
             "n_runs": len(results),
             "metric": _mean_std([r.get(key, float("nan")) for r in results]),
+            "metrics": {name: _mean_std([r.get(metric_key(task, split, name), float("nan")) for r in results])
+                        for name in TASK_METRICS[task]},
             "sparsity": {t: _mean_std([r["sparsity"]["regularized"].get(t, float("nan")) for r in results])
                          for t in taus},
             "sparsity_at_1pt_loss": _mean_std([r.get("sparsity_at_1pt_loss", float("nan")) for r in results]),
@@ -164,15 +193,23 @@ def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str, split:
     return out
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: str = "test") -> str:
-    """The comparison as one Markdown table (values are mean ± std over seeds)."""
-    metric_name = TASK_METRIC[task][1] + (" (validation)" if split == "validation" else "")
+def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: str = "test",
+                   metric: str | None = None) -> str:
+    """The comparison as one Markdown table (values are mean ± std over seeds): the ranking
+    ``metric`` first (marked ▲ or ▼: higher or lower is better), then the task's other metrics
+    that any run reported."""
+    metric = _check_metric(task, metric)
+    where = " (validation)" if split == "validation" else ""
+    others = [m for m in TASK_METRICS[task] if m != metric and any(
+        not math.isnan(s.get("metrics", {}).get(m, (math.nan,))[0]) for s in summary.values())]
+    label, higher = TASK_METRICS[task][metric]
     taus = sorted({t for s in summary.values() for t in s["sparsity"]}, key=float)
-    head = ["arm", "runs", metric_name] + [f"sparsity ≤{t} (%)" for t in taus] + [
-        "sparsity at ≤1pt loss (%)", "wall time (s)"]
+    head = ["arm", "runs", f"{label}{where} {'▲' if higher else '▼'}"] + [TASK_METRICS[task][m][0] for m in others]
+    head += [f"sparsity ≤{t} (%)" for t in taus] + [f"sparsity at ≤1pt {TASK_METRIC[task][1].split(' ')[0]} loss (%)",
+                                                    "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in summary.items():
-        row = [arm, str(s["n_runs"]), _fmt(*s["metric"])]
+        row = [arm, str(s["n_runs"]), _fmt(*s["metric"])] + [_fmt(*s["metrics"][m]) for m in others]
         row += [_fmt(*s["sparsity"].get(t, (float("nan"), float("nan"))), scale=100) for t in taus]
         row += [_fmt(*s["sparsity_at_1pt_loss"], scale=100, digits=0), _fmt(*s["wall_time_s"], digits=0)]
         lines.append("| " + " | ".join(row) + " |")
@@ -203,12 +240,14 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
 
 def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
             seeds: Sequence[int], output_dir: str | Path, *, launcher: str = "", overwrite: bool = False,
-            jobs: int = 1, split: str = "test") -> dict[str, Any]:
+            jobs: int = 1, split: str = "test", metric: str | None = None, tolerance: float = 1.0
+            ) -> dict[str, Any]:
     """Run every arm x seed (``jobs`` at a time), then write comparison.md / comparison.json / prune_curves.png.
 
     Arms holding a ``"grid"`` are expanded first (:func:`expand_grid`). ``split``:
     ``"test"`` (final runs) or ``"validation"`` (tuning: runs never read the test split;
-    ``best_arms.json`` holds each arm's best grid point). Every arm's merged config is
+    ``best_arms.json`` holds each arm's best grid point by ``metric``, ``sparsest_arms.json``
+    the sparsest within ``tolerance`` of ``none`` by ``metric``). Every arm's merged config is
     parsed by the task's argument classes first, so a bad setting fails before any run
     starts.
     """
@@ -222,6 +261,10 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
         raise ValueError("`seeds` is empty: give at least one seed")
     if jobs < 1:
         raise ValueError(f"`jobs` must be >= 1, got {jobs}.")
+    metric = _check_metric(task, metric)
+    if not tolerance >= 0:
+        raise ValueError(f"`tolerance` must be >= 0, got {tolerance}.")
+    higher_is_better = TASK_METRICS[task][metric][1]
     output_dir = Path(output_dir)
     expanded = expand_grid(arms)
     planned = [(arm, int(seed), {**base_config, **overrides, "seed": int(seed), "final_split": split})
@@ -235,11 +278,12 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     runs: dict[str, list[dict[str, Any]]] = {}
     for (arm, _, _), result in zip(planned, results):
         runs.setdefault(arm, []).append(result)
-    payload = write_comparison(task, runs, output_dir, split=split)
+    payload = write_comparison(task, runs, output_dir, split=split, metric=metric)
     if split == "validation":
-        payload["best_arms"] = best_of_grid(payload["summary"], arms)
+        payload["best_arms"] = best_of_grid(payload["summary"], arms, higher_is_better)
         (output_dir / "best_arms.json").write_text(json.dumps(payload["best_arms"], indent=2) + "\n")
-        payload["sparsest_arms"] = sparsest_within(payload["summary"], arms)
+        payload["sparsest_arms"] = sparsest_within(payload["summary"], arms, max_loss=tolerance,
+                                                   higher_is_better=higher_is_better)
         (output_dir / "sparsest_arms.json").write_text(json.dumps(payload["sparsest_arms"], indent=2) + "\n")
     return payload
 
@@ -262,14 +306,15 @@ def validate_config(task: str, config: Mapping[str, Any], where: str) -> None:
 
 
 def write_comparison(task: str, runs: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
-                     split: str = "test") -> dict[str, Any]:
+                     split: str = "test", metric: str | None = None) -> dict[str, Any]:
     from ..reporting.plots import plot_prune_curves
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = aggregate(runs, task, split)
-    (output_dir / "comparison.md").write_text(markdown_table(summary, task, split))
-    payload = {"task": task, "split": split, "summary": summary, "runs": runs}
+    metric = _check_metric(task, metric)
+    summary = aggregate(runs, task, split, metric)
+    (output_dir / "comparison.md").write_text(markdown_table(summary, task, split, metric))
+    payload = {"task": task, "split": split, "metric": metric, "summary": summary, "runs": runs}
     (output_dir / "comparison.json").write_text(json.dumps(payload, indent=2, default=list))
     curves = {arm: s["prune_curve"] for arm, s in summary.items() if s["prune_curve"]}
     if curves:
@@ -290,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="re-run runs that already have results")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process (default 1: one after "
                                                          "another; mind the cores each run uses)")
+    ap.add_argument("--metric", default=None, choices=sorted({m for ms in TASK_METRICS.values() for m in ms}),
+                    help="what ranks the grid points and heads the table (default: bleu / accuracy); "
+                         "translation: bleu, chrf, loss; image: accuracy, loss (loss: lower is better)")
+    ap.add_argument("--tolerance", type=float, default=1.0,
+                    help="sparsest_arms.json: the sparsest grid point at most this much worse than 'none' "
+                         "in --metric (default 1: one BLEU / accuracy point)")
     ap.add_argument("--split", default="test", choices=sorted(SPLIT_PREFIX),
                     help="test (default): final runs. validation: tuning runs that never read the test split; "
                          "writes best_arms.json (each arm's best grid point) for the final runs")
@@ -298,8 +349,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     arms_text = Path(args.arms).read_text() if Path(args.arms).exists() else args.arms
     arms = json.loads(arms_text)
     payload = compare(args.task, base, arms, args.seeds, args.output_dir, launcher=args.launcher,
-                      overwrite=args.overwrite, jobs=args.jobs, split=args.split)
-    print(markdown_table(payload["summary"], args.task, args.split))
+                      overwrite=args.overwrite, jobs=args.jobs, split=args.split, metric=args.metric,
+                      tolerance=args.tolerance)
+    print(markdown_table(payload["summary"], args.task, args.split, payload["metric"]))
     if args.split == "validation":
         print(f"best grid point per arm: {Path(args.output_dir) / 'best_arms.json'}; sparsest within 1 point of "
               f"'none': {Path(args.output_dir) / 'sparsest_arms.json'}")
