@@ -465,7 +465,9 @@ def test_a_loss_ranks_lower_is_better_and_every_metric_is_tabulated():
     assert sparsest_within(by_loss, arms, max_loss=0.02, higher_is_better=False)["l1"]["reg_strength"] == 1
     by_bleu = aggregate(runs, "translation", "validation")
     assert best_of_grid(by_bleu, arms)["l1"]["reg_strength"] == 2
-    head = markdown_table(by_loss, "translation", "validation", "loss").splitlines()[0]
+    table = markdown_table(by_loss, "translation", "validation", "loss").splitlines()
+    head = table[0]
+    assert table[3].startswith("| l1[reg_strength=1] | 2 | 3.910 ± 0.014 | 1.00 ± 0.14 | 12.00 ± 0.00 |")
     assert head.startswith("| arm | runs | loss (nats/token) (validation) ▼ | BLEU | chrF | sparsity ≤1e-03 (%)")
     with pytest.raises(ValueError, match="`metric` must be one of .*'accuracy'.* for task 'image', got 'chrf'"):
         aggregate({}, "image", metric="chrf")

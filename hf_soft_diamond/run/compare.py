@@ -209,7 +209,9 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
                                                     "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in summary.items():
-        row = [arm, str(s["n_runs"]), _fmt(*s["metric"])] + [_fmt(*s["metrics"][m]) for m in others]
+        digits = {m: 3 if m == "loss" else 2 for m in TASK_METRICS[task]}  # losses differ in the third digit
+        row = [arm, str(s["n_runs"]), _fmt(*s["metric"], digits=digits[metric])]
+        row += [_fmt(*s["metrics"][m], digits=digits[m]) for m in others]
         row += [_fmt(*s["sparsity"].get(t, (float("nan"), float("nan"))), scale=100) for t in taus]
         row += [_fmt(*s["sparsity_at_1pt_loss"], scale=100, digits=0), _fmt(*s["wall_time_s"], digits=0)]
         lines.append("| " + " | ".join(row) + " |")
@@ -353,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       tolerance=args.tolerance)
     print(markdown_table(payload["summary"], args.task, args.split, payload["metric"]))
     if args.split == "validation":
-        print(f"best grid point per arm: {Path(args.output_dir) / 'best_arms.json'}; sparsest within 1 point of "
-              f"'none': {Path(args.output_dir) / 'sparsest_arms.json'}")
+        print(f"best grid point per arm ({payload['metric']}): {Path(args.output_dir) / 'best_arms.json'}; "
+              f"sparsest within {args.tolerance:g} of 'none': {Path(args.output_dir) / 'sparsest_arms.json'}")
 
 
 if __name__ == "__main__":
