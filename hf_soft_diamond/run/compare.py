@@ -208,8 +208,8 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
     head += [f"sparsity ≤{t} (%)" for t in taus] + [f"sparsity at ≤1pt {TASK_METRIC[task][1].split(' ')[0]} loss (%)",
                                                     "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    digits = {m: 3 if m == "loss" else 2 for m in TASK_METRICS[task]}  # losses differ in the third digit
     for arm, s in summary.items():
-        digits = {m: 3 if m == "loss" else 2 for m in TASK_METRICS[task]}  # losses differ in the third digit
         row = [arm, str(s["n_runs"]), _fmt(*s["metric"], digits=digits[metric])]
         row += [_fmt(*s["metrics"][m], digits=digits[m]) for m in others]
         row += [_fmt(*s["sparsity"].get(t, (float("nan"), float("nan"))), scale=100) for t in taus]
