@@ -5,8 +5,8 @@
 #   2. the tuned arms on the test split, seeds 1-3 (small ResNet)
 #   3. interaction runs: none / L2 / SaS a=1.5 / pWD p=0.8 (tuned) with dropout 0.1, without
 #      batch norm, without augmentation (seeds 1-2)
-#   4. the same four arms on the small ViT, 300 steps (seed 1; hyperparameters tuned on the
-#      ResNet; a ViT step costs ~0.7 s here, ~14x the ResNet's)
+#   4. all ten tuned arms on the small ViT, 300 steps (seed 1; hyperparameters tuned on the
+#      ResNet; a ViT step costs ~0.7 s here, ~14x the ResNet's; two runs at a time)
 #   5. the sparse picks of step 1 (sparsest within 1 point of 'none') on the test split, seeds 1-3
 # Finished runs are reused: the script can be stopped and started again.
 set -euo pipefail
@@ -39,8 +39,8 @@ for variant in dropout no_batch_norm no_augmentation; do
       --seeds 1 2 --output_dir "$OUT/resnet_$variant"
 done
 
-compare --base_config configs/study_image_vit.json --arms "$OUT/interaction_arms.json" \
-    --seeds 1 --output_dir "$OUT/vit"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 compare --base_config configs/study_image_vit.json \
+    --arms "$OUT/tune_resnet/best_arms.json" --seeds 1 --jobs 2 --output_dir "$OUT/vit"
 
 # 5. the sparse picks: per arm, the sparsest grid point (|w| <= 1e-3) within 1 point of
 #    'none' on validation (sparsest_arms.json), where it differs from the most accurate one;
