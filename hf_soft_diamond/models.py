@@ -46,31 +46,21 @@ __all__ = [
 #: by sqrt(d_model), one embedding matrix shared by encoder, decoder and the
 #: output projection (``share_encoder_decoder_embeddings`` and
 #: ``tie_word_embeddings``), so the tokenizer must be joint (source+target).
+_TINY_MARIAN: dict[str, Any] = dict(
+    d_model=256,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=512,
+    decoder_ffn_dim=512,
+    dropout=0.1,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+)
 TRANSLATION_MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "micro": dict(
-        d_model=128,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=512,
-        decoder_ffn_dim=512,
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-    ),
-    "tiny": dict(
-        d_model=256,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=512,
-        decoder_ffn_dim=512,
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-    ),
+    "micro": dict(_TINY_MARIAN, d_model=128),  # tiny at half the width
+    "tiny": _TINY_MARIAN,
     "small": dict(
         d_model=384,
         encoder_layers=3,
