@@ -38,17 +38,49 @@ from .regularizers.base import Regularizer
 STATE_KEY = "hf_soft_diamond"
 
 
+def check_on_nonfinite(on_nonfinite: str, check_finite_every: int) -> int:
+    """Validate the two non-finite-check settings; returns ``check_finite_every`` as an int."""
+    if on_nonfinite not in ("raise", "warn"):
+        raise ValueError(f"`reg_on_nonfinite` must be 'raise' or 'warn', got {on_nonfinite!r}.")
+    if int(check_finite_every) < 0:
+        raise ValueError(f"`check_finite_every` must be >= 0 (0: never), got {check_finite_every!r}.")
+    return int(check_finite_every)
+
+
+def check_finite_weights(named_params: list[tuple[str, Tensor]], regularizer: Regularizer,
+                         on_nonfinite: Literal["raise", "warn"]) -> None:
+    """Raise ``FloatingPointError`` (or warn) naming the parameters that hold NaN or Inf."""
+    bad = non_finite_indices([p for _, p in named_params], regularizer.fused_backend)
+    if not bad:
+        return
+    names = [named_params[i][0] for i in bad]
+    msg = (f"hf_soft_diamond: non-finite weights in regularized parameters {names[:5]} after optimizer "
+           f"step {regularizer.step} ({regularizer.name}, {regularizer.mode}); check the "
+           f"learning rate, reg_strength and the data loss.")
+    if on_nonfinite == "raise":
+        raise FloatingPointError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def named_parameters_of(params: nn.Module | Iterable[tuple[str, nn.Parameter]] | Iterable[nn.Parameter]
+                        ) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` pairs: a model's default selection
+    (:func:`~hf_soft_diamond.regularizers.select_parameters`), given pairs, or bare
+    parameters named ``param_<i>``."""
+    if isinstance(params, nn.Module):
+        from .regularizers.selection import select_parameters
+
+        return select_parameters(params)
+    return [item if isinstance(item, tuple) else (f"param_{i}", item) for i, item in enumerate(params)]
+
+
 class RegularizerHandle:
     """What :func:`attach_regularizer` returns: the live wiring of one regularizer."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, regularizer: Regularizer,
                  named_params: list[tuple[str, nn.Parameter]], on_nonfinite: Literal["raise", "warn"],
                  check_finite_every: int = 1) -> None:
-        if on_nonfinite not in ("raise", "warn"):
-            raise ValueError(f"`reg_on_nonfinite` must be 'raise' or 'warn', got {on_nonfinite!r}.")
-        if int(check_finite_every) < 0:
-            raise ValueError(f"`check_finite_every` must be >= 0 (0: never), got {check_finite_every!r}.")
-        self.check_finite_every = int(check_finite_every)
+        self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.named_params = named_params
@@ -126,17 +158,7 @@ class RegularizerHandle:
             self._check_finite()
 
     def _check_finite(self) -> None:
-        params = self.params
-        bad = non_finite_indices(params, self.regularizer.fused_backend)
-        if not bad:
-            return
-        names = [self.names[i] for i in bad]
-        msg = (f"hf_soft_diamond: non-finite weights in regularized parameters {names[:5]} after optimizer "
-               f"step {self.regularizer.step} ({self.regularizer.name}, {self.regularizer.mode}); check the "
-               f"learning rate, reg_strength and the data loss.")
-        if self.on_nonfinite == "raise":
-            raise FloatingPointError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        check_finite_weights(self.named_params, self.regularizer, self.on_nonfinite)
 
     def _save_state(self, optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
         state_dict[STATE_KEY] = {"regularizer": self.regularizer.name, **self.regularizer.state_dict()}
@@ -168,12 +190,5 @@ def attach_regularizer(
         on_nonfinite: ``"raise"`` (default) or ``"warn"``.
         check_finite_every: check the weights every this many steps (0: never).
     """
-    if isinstance(params, nn.Module):
-        from .regularizers.selection import select_parameters
-
-        named = select_parameters(params)
-    else:
-        named = []
-        for i, item in enumerate(params):
-            named.append(item if isinstance(item, tuple) else (f"param_{i}", item))
-    return RegularizerHandle(optimizer, regularizer, named, on_nonfinite, check_finite_every)
+    return RegularizerHandle(optimizer, regularizer, named_parameters_of(params), on_nonfinite,
+                             check_finite_every)

@@ -6,6 +6,7 @@ lists the names; ``select_parameters(model, ...)`` picks the weights they act on
 
 from .base import (
     MODES,
+    ElementwiseTerms,
     Regularizer,
     available_regularizers,
     build_regularizer,
@@ -21,6 +22,7 @@ from .spectral import (FrechetPriorRegularizer, PowerLawPriorRegularizer, Stable
 
 __all__ = [
     "MODES",
+    "ElementwiseTerms",
     "L1Regularizer",
     "L2Regularizer",
     "LpRegularizer",

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -90,6 +91,32 @@ def check_number(name: str, value: float, *, low: float | None = None, high: flo
     return v
 
 
+@dataclass(frozen=True)
+class ElementwiseTerms:
+    """One optimizer step of an elementwise regularizer, as pure functions of the weights.
+
+    What a fused optimizer (:class:`hf_soft_diamond.optim.RegularizedAdamW`) inlines into
+    its own per-weight update, instead of running the regularizer's hooks as extra passes.
+    Both functions take float32 (or float64) tensors and 0-d float64 scalar tensors, use
+    only elementwise torch ops (so ``torch.compile`` fuses them) and return a new tensor:
+
+    * ``grad(w, *grad_scalars)``: the coupled term ``strength * dR/dw`` that the hook
+      path adds to ``.grad`` (``None``: nothing to add);
+    * ``update(w_old, w_stepped, *update_scalars)``: the decoupled update, from the
+      weights before the step and the optimizer's own result to the new weights, the
+      same as the hook path's ``decoupled_pre_step_`` + step + ``decoupled_post_step_``
+      for optimizers whose update does not read the weights (``None``: nothing to do).
+
+    The two callables must be the same objects from step to step (compiled kernels
+    are cached by them); the scalars carry everything that changes (learning rate).
+    """
+
+    grad: Callable[..., Tensor] | None = None
+    grad_scalars: tuple[float, ...] = ()
+    update: Callable[..., Tensor] | None = None
+    update_scalars: tuple[float, ...] = ()
+
+
 class Regularizer(abc.ABC):
     """A prior on weights, applied coupled (through ``.grad``) or decoupled (on the weights).
 
@@ -142,6 +169,14 @@ class Regularizer(abc.ABC):
 
     def decoupled_post_step_(self, params: Sequence[Tensor], lr: float) -> None:
         """Work after the optimizer step (decoupled mode). Default: nothing."""
+
+    def elementwise_terms(self, lr: float) -> ElementwiseTerms | None:
+        """This step's work as :class:`ElementwiseTerms` for a fused optimizer, at learning rate ``lr``.
+
+        ``None`` (the default) when the regularizer is not elementwise (the spectral ones
+        need whole matrices): it then runs only through the step hooks.
+        """
+        return None
 
     # ----------------------------------------------------------------- state
     def hparams(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..fused import Backend, TensorwiseKernel, _at_least_fp32
 from ..priors import lp as lp_math
-from .base import Regularizer, check_number, register_regularizer
+from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
 
 
 def _stack_sum(terms: list[Tensor]) -> Tensor:
@@ -34,6 +34,9 @@ class NoRegularizer(Regularizer):
     def add_coupled_grad_(self, params, grads, lr):
         pass
 
+    def elementwise_terms(self, lr):
+        return ElementwiseTerms()
+
 
 def _l2_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
     g.add_(w * lam)
@@ -41,6 +44,15 @@ def _l2_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
 
 def _scale_kernel(w: Tensor, factor: Tensor) -> None:
     w.mul_(factor)
+
+
+def _l2_grad_term(w: Tensor, lam: Tensor) -> Tensor:
+    return w * lam
+
+
+def _l2_decoupled_update(w_old: Tensor, w_stepped: Tensor, lr_lam: Tensor) -> Tensor:
+    # (1 - lr*lam) * w_old - lr * u  =  w_stepped - lr*lam * w_old  (AdamW's order)
+    return w_stepped - w_old * lr_lam
 
 
 @register_regularizer
@@ -68,6 +80,11 @@ class L2Regularizer(Regularizer):
     def decoupled_pre_step_(self, params, lr):
         self._scale([params], [1.0 - lr * self.strength])
 
+    def elementwise_terms(self, lr):
+        if self.mode == "coupled":
+            return ElementwiseTerms(grad=_l2_grad_term, grad_scalars=(self.strength,))
+        return ElementwiseTerms(update=_l2_decoupled_update, update_scalars=(lr * self.strength,))
+
 
 def _l1_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
     g.add_(w.sign() * lam)
@@ -75,6 +92,14 @@ def _l1_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
 
 def _l1_prox_kernel(w: Tensor, threshold: Tensor) -> None:
     w.copy_(lp_math.l1_prox(w, threshold.to(w.dtype)))
+
+
+def _l1_grad_term(w: Tensor, lam: Tensor) -> Tensor:
+    return w.sign() * lam
+
+
+def _l1_prox_update(w_old: Tensor, w_stepped: Tensor, threshold: Tensor) -> Tensor:
+    return lp_math.l1_prox(w_stepped, threshold.to(w_stepped.dtype))
 
 
 @register_regularizer
@@ -102,9 +127,18 @@ class L1Regularizer(Regularizer):
     def decoupled_post_step_(self, params, lr):
         self._prox([params], [lr * self.strength])
 
+    def elementwise_terms(self, lr):
+        if self.mode == "coupled":
+            return ElementwiseTerms(grad=_l1_grad_term, grad_scalars=(self.strength,))
+        return ElementwiseTerms(update=_l1_prox_update, update_scalars=(lr * self.strength,))
+
 
 def _lp_grad_kernel(w: Tensor, g: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> None:
     g.add_(lp_math.lp_grad(_at_least_fp32(w), p, eps).to(g.dtype) * lam)
+
+
+def _lp_grad_term(w: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
+    return lp_math.lp_grad(w, p, eps) * lam
 
 
 @register_regularizer
@@ -137,6 +171,9 @@ class LpRegularizer(Regularizer):
 
     def add_coupled_grad_(self, params, grads, lr):
         self._grad([params, grads], [self.strength, self.p, self.eps])
+
+    def elementwise_terms(self, lr):
+        return ElementwiseTerms(grad=_lp_grad_term, grad_scalars=(self.strength, self.p, self.eps))
 
     def hparams(self):
         return {**super().hparams(), "lp_p": self.p, "lp_eps": self.eps}

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..fused import Backend, TensorwiseKernel, _at_least_fp32
 from ..priors import lp as lp_math
 from ..priors.pwd import pwd_factor
-from .base import Regularizer, check_number, register_regularizer
+from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
 
 
 def _factor_kernel(w: Tensor, out: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> None:
@@ -37,6 +37,14 @@ def _fixed_p_factor_kernel(w: Tensor, out: Tensor, decay: Tensor, l2_decay: Tens
 
 def _apply_kernel(w: Tensor, factor: Tensor) -> None:
     w.mul_(factor.to(w.dtype))
+
+
+def _update(w_old: Tensor, w_stepped: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> Tensor:
+    return w_stepped * pwd_factor(w_old, p, decay, l2_decay)
+
+
+def _fixed_p_update(w_old: Tensor, w_stepped: Tensor, decay: Tensor, l2_decay: Tensor, *, p: float) -> Tensor:
+    return w_stepped * pwd_factor(w_old, p, decay, l2_decay)
 
 
 @register_regularizer
@@ -66,6 +74,7 @@ class PWDRegularizer(Regularizer):
         self._fixed_factor = TensorwiseKernel(functools.partial(_fixed_p_factor_kernel, p=self.p), fused_backend)
         self._apply = TensorwiseKernel(_apply_kernel, fused_backend)
         self._buffers: dict[int, Tensor] = {}
+        self._fixed_p_update = functools.partial(_fixed_p_update, p=self.p)
 
     def current_p(self) -> float:
         """The exponent in force at the current optimizer step."""
@@ -107,6 +116,13 @@ class PWDRegularizer(Regularizer):
 
     def forget_buffers(self) -> None:
         self._buffers.clear()
+
+    def elementwise_terms(self, lr):
+        p = self.current_p()
+        if p == self.p:
+            return ElementwiseTerms(update=self._fixed_p_update,
+                                    update_scalars=(p * lr * self.strength, lr * self.l2_strength))
+        return ElementwiseTerms(update=_update, update_scalars=(p, p * lr * self.strength, lr * self.l2_strength))
 
     def hparams(self):
         return {**super().hparams(), "lp_p": self.p, "pwd_l2_strength": self.l2_strength,

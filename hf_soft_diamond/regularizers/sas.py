@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..fused import Backend, TensorwiseKernel, _at_least_fp32
 from ..priors.sas import get_sas_table, sas_log_pdf
-from .base import Regularizer, check_number, register_regularizer
+from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
 
 
 SCORE_PATHS: tuple[str, ...] = ("fast", "table")
@@ -45,6 +45,16 @@ def _decoupled_kernel(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bo
     # w += lr * strength * psi_gamma(w) ; coef = lr * strength / c
     wf = _at_least_fp32(w)
     w.add_(table.score_signed(wf, inv_c.to(wf.dtype), fast=fast, out_scale=coef.to(wf.dtype)).to(w.dtype))
+
+
+def _grad_term(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
+    # -strength * psi_gamma(w); coef = strength / c
+    return table.score_signed(w, inv_c.to(w.dtype), fast=fast, out_scale=-coef.to(w.dtype))
+
+
+def _decoupled_update(w_old: Tensor, w_stepped: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
+    # the pull lr * strength * psi_gamma(w_old), applied with the step (as AdamW's decay)
+    return w_stepped + table.score_signed(w_old, inv_c.to(w_old.dtype), fast=fast, out_scale=coef.to(w_old.dtype))
 
 
 @register_regularizer
@@ -85,6 +95,8 @@ class SaSRegularizer(Regularizer):
         self._grad = TensorwiseKernel(functools.partial(_grad_kernel, table=self.table, fast=fast), fused_backend)
         self._decoupled = TensorwiseKernel(functools.partial(_decoupled_kernel, table=self.table, fast=fast),
                                            fused_backend)
+        self._grad_term = functools.partial(_grad_term, table=self.table, fast=fast)
+        self._decoupled_update = functools.partial(_decoupled_update, table=self.table, fast=fast)
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         zero = torch.zeros((), dtype=torch.float64)
@@ -98,6 +110,12 @@ class SaSRegularizer(Regularizer):
 
     def decoupled_pre_step_(self, params, lr):
         self._decoupled([params], [lr * self.strength / self.scale, 1.0 / self.scale])
+
+    def elementwise_terms(self, lr):
+        if self.mode == "coupled":
+            return ElementwiseTerms(grad=self._grad_term, grad_scalars=(self.strength / self.scale, 1.0 / self.scale))
+        return ElementwiseTerms(update=self._decoupled_update,
+                                update_scalars=(lr * self.strength / self.scale, 1.0 / self.scale))
 
     def hparams(self):
         return {**super().hparams(), "sas_alpha": self.alpha, "sas_gamma": self.gamma,
