@@ -37,7 +37,7 @@ from .fused import Backend, TensorwiseKernel, _at_least_fp32, validate_backend
 from .hooks import STATE_KEY, check_finite_weights, check_on_nonfinite, named_parameters_of
 from .regularizers.base import ElementwiseTerms, Regularizer
 
-__all__ = ["RegularizedAdamW"]
+__all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
 
 
 def _adamw_update(w: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, beta1: Tensor, beta2: Tensor,
@@ -213,3 +213,31 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
         raise ValueError(f"`eps` must be a finite number > 0, got {eps!r}.")
     if not (isinstance(weight_decay, (int, float)) and 0.0 <= weight_decay < math.inf):
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}.")
+
+
+class FusedRegularizerHandle:
+    """The :class:`~hf_soft_diamond.RegularizerHandle` interface for a regularizer inside a
+    :class:`RegularizedAdamW` (what the Trainer keeps as ``regularizer_handle``)."""
+
+    def __init__(self, optimizer: RegularizedAdamW) -> None:
+        if optimizer.regularizer is None:
+            raise ValueError("the optimizer has no regularizer to hand out")
+        self.optimizer = optimizer
+        self.regularizer = optimizer.regularizer
+        self.named_params = list(optimizer.named_regularized)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_params]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.named_params]
+
+    def penalty(self) -> float:
+        return float(self.regularizer.penalty(self.params))
+
+    def remove(self) -> None:
+        """Detach the regularizer: the optimizer goes on as plain AdamW."""
+        if self.optimizer.regularizer is self.regularizer:
+            self.optimizer.regularizer = None

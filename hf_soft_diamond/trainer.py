@@ -1,6 +1,6 @@
 """``Trainer`` / ``Seq2SeqTrainer`` with a weight prior: wiring only.
 
-:class:`SoftDiamondTrainerMixin` overrides four public hooks of ``transformers.Trainer``
+:class:`SoftDiamondTrainerMixin` overrides five public hooks of ``transformers.Trainer``
 and nothing else:
 
 * ``get_decay_parameter_names``: with a regularizer other than ``none``, the regularized
@@ -13,6 +13,9 @@ and nothing else:
   unscaling and clipping, and its progress rides in ``optimizer.state_dict()`` (so
   checkpoints resume it). It never enters the loss: train and eval losses are the data
   loss, exactly as a plain Trainer computes them;
+* ``get_optimizer_cls_and_kwargs``: with ``reg_fused_optimizer``, the optimizer is
+  :class:`~hf_soft_diamond.optim.RegularizedAdamW` with the regularizer inside its update
+  (no hooks; same updates, fewer passes over memory);
 * ``log``: training logs (the ones with ``"loss"``) get ``reg_penalty`` (``strength * R(w)``
   of the regularized weights at that step) and ``sparsity/{reg,all}/le_<tau>``;
 * ``evaluation_loop``: every evaluation/prediction gets ``<prefix>_sparsity/{reg,all}/le_<tau>``
@@ -49,6 +52,7 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
 from .hooks import RegularizerHandle, attach_regularizer
+from .optim import FusedRegularizerHandle, RegularizedAdamW
 from .regularizers import select_parameters
 from .training_args import (SoftDiamondArgumentsMixin, SoftDiamondSeq2SeqTrainingArguments,
                             SoftDiamondTrainingArguments)
@@ -151,7 +155,7 @@ class SoftDiamondTrainerMixin:
     """
 
     _soft_diamond_args_class: type[SoftDiamondArgumentsMixin] = SoftDiamondTrainingArguments
-    regularizer_handle: RegularizerHandle | None
+    regularizer_handle: RegularizerHandle | FusedRegularizerHandle | None
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *pos: Any, **kwargs: Any) -> None:
         self.regularizer_handle = None
@@ -197,8 +201,29 @@ class SoftDiamondTrainerMixin:
                         len(names) - len(kept), self.args.regularizer, len(kept))
         return kept
 
+    def get_optimizer_cls_and_kwargs(self, args: Any, model: nn.Module | None = None) -> tuple[Any, dict[str, Any]]:
+        """The Trainer's choice, or :class:`~hf_soft_diamond.optim.RegularizedAdamW` with
+        ``reg_fused_optimizer`` (the regularizer built from the arguments inside it)."""
+        if not getattr(args, "reg_fused_optimizer", False):
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        named = self._regularized_named(self.model if model is None else model)
+        return RegularizedAdamW, {
+            "lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+            "regularizer": args.build_regularizer(), "regularized": named, "fused_backend": args.reg_fused_backend,
+            "on_nonfinite": args.reg_on_nonfinite, "check_finite_every": args.reg_check_finite_every,
+        }
+
+    def _regularized_named(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        named = select_parameters(model, **self.args.selection_kwargs())
+        if not named and self.args.regularizer != "none":
+            raise ValueError("hf_soft_diamond: no parameter matches the selection (`reg_include`="
+                             f"{self.args.reg_include!r}, `reg_exclude`={self.args.reg_exclude!r}); the regularizer "
+                             f"{self.args.regularizer!r} would do nothing.")
+        return named
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer, with the regularizer attached to it (once per optimizer)."""
+        """The Trainer's optimizer, with the regularizer attached to it (once per optimizer), or the
+        fused :class:`~hf_soft_diamond.optim.RegularizedAdamW` holding it (``reg_fused_optimizer``)."""
         optimizer = super().create_optimizer(model)
         if optimizer is None:
             return optimizer
@@ -208,12 +233,12 @@ class SoftDiamondTrainerMixin:
             return optimizer
         if handle is not None:  # a new optimizer (e.g. a new train() with a fresh optimizer): move the wiring
             handle.remove()
-        opt_model = self.model if model is None else model
-        named = select_parameters(opt_model, **self.args.selection_kwargs())
-        if not named and self.args.regularizer != "none":
-            raise ValueError("hf_soft_diamond: no parameter matches the selection (`reg_include`="
-                             f"{self.args.reg_include!r}, `reg_exclude`={self.args.reg_exclude!r}); the regularizer "
-                             f"{self.args.regularizer!r} would do nothing.")
+        if isinstance(raw, RegularizedAdamW) and raw.regularizer is not None:
+            self.regularizer_handle = FusedRegularizerHandle(raw)
+            logger.info("hf_soft_diamond: %r fused into RegularizedAdamW on %d tensors.", raw.regularizer,
+                        len(raw.named_regularized))
+            return optimizer
+        named = self._regularized_named(self.model if model is None else model)
         regularizer = self.args.build_regularizer()
         self.regularizer_handle = attach_regularizer(raw, regularizer, named, on_nonfinite=self.args.reg_on_nonfinite,
                                                      check_finite_every=self.args.reg_check_finite_every)

@@ -150,6 +150,13 @@ class SoftDiamondArgumentsMixin:
             (``FloatingPointError`` naming the parameters) or ``"warn"``.
         reg_check_finite_every (`int`, *optional*, defaults to `1`):
             Check the regularized weights for NaN/Inf every this many optimizer steps (0: never).
+        reg_fused_optimizer (`bool`, *optional*, defaults to `False`):
+            Train with :class:`hf_soft_diamond.optim.RegularizedAdamW`: AdamW with the regularizer
+            inlined in its one compiled per-tensor update, instead of the Trainer's AdamW plus the
+            regularizer's step hooks (same updates; measured faster, see ``benchmarks/RESULTS.md``).
+            Needs ``optim`` ``adamw_torch`` or ``adamw_torch_fused`` (its ``learning_rate``,
+            ``adam_beta1/2``, ``adam_epsilon``, ``weight_decay`` carry over) and an elementwise
+            regularizer (not the spectral ones).
 
         > Gradient accumulation
 
@@ -199,6 +206,10 @@ class SoftDiamondArgumentsMixin:
         "help": "On NaN/Inf in the regularized weights after a step: 'raise' or 'warn'."})
     reg_check_finite_every: int = field(default=1, metadata={
         "help": "Check the regularized weights for NaN/Inf every this many optimizer steps (0: never)."})
+    reg_fused_optimizer: bool = field(default=False, metadata={
+        "help": "Use hf_soft_diamond's RegularizedAdamW (AdamW with the regularizer fused into its update) instead "
+                "of the Trainer's AdamW plus step hooks. Needs optim adamw_torch(_fused) and an elementwise "
+                "regularizer."})
     model_accepts_loss_kwargs: bool | None = field(default=None, metadata={
         "help": "Pass num_items_in_batch to the model and skip the division by accumulation steps. Default: only "
                 "when the model's forward really uses it (fixes Marian/T5/BART under gradient accumulation)."})
@@ -243,7 +254,17 @@ class SoftDiamondArgumentsMixin:
         if self.model_accepts_loss_kwargs is not None and not isinstance(self.model_accepts_loss_kwargs, bool):
             raise ValueError("`model_accepts_loss_kwargs` must be None (auto), True or False, "
                              f"got {self.model_accepts_loss_kwargs!r}.")
-        self.build_regularizer()  # every hyperparameter is checked by the regularizer itself; thrown away
+        regularizer = self.build_regularizer()  # every hyperparameter is checked by the regularizer itself
+        if not isinstance(self.reg_fused_optimizer, bool):
+            raise ValueError(f"`reg_fused_optimizer` must be True or False, got {self.reg_fused_optimizer!r}.")
+        if self.reg_fused_optimizer:
+            optim = str(getattr(getattr(self, "optim", None), "value", getattr(self, "optim", None)))
+            if optim not in FUSABLE_OPTIMIZERS:
+                raise ValueError(f"`reg_fused_optimizer=True` replaces AdamW: it needs `optim` in "
+                                 f"{FUSABLE_OPTIMIZERS}, got {optim!r}.")
+            if regularizer.elementwise_terms(1.0) is None:
+                raise ValueError(f"`reg_fused_optimizer=True` needs an elementwise regularizer; "
+                                 f"{self.regularizer!r} acts on whole matrices (use the default hook path).")
 
         if self.regularizer != "none":
             if self.reg_strength == 0:
@@ -315,6 +336,10 @@ def _check_thresholds(values: Any) -> list[float]:
     return out
 
 
+#: The Trainer ``optim`` values that :class:`~hf_soft_diamond.optim.RegularizedAdamW` replaces.
+FUSABLE_OPTIMIZERS: tuple[str, ...] = ("adamw_torch", "adamw_torch_fused")
+
+
 @dataclass
 class SoftDiamondTrainingArguments(SoftDiamondArgumentsMixin, TrainingArguments):
     r"""
@@ -325,7 +350,7 @@ class SoftDiamondTrainingArguments(SoftDiamondArgumentsMixin, TrainingArguments)
     ``sas_alpha``, ``sas_gamma``, ``lp_p``, ``lp_eps``, ``pwd_l2_strength``, ``pwd_p_start``,
     ``pwd_p_schedule_steps``, ``reg_include``, ``reg_exclude``, ``reg_include_embeddings``,
     ``sparsity_thresholds``, ``reg_fused_backend``, ``reg_on_nonfinite``, ``reg_check_finite_every``,
-    ``model_accepts_loss_kwargs``). With a regularizer other than ``none``, ``weight_decay`` is not applied
+    ``reg_fused_optimizer``,    ``model_accepts_loss_kwargs``). With a regularizer other than ``none``, ``weight_decay`` is not applied
     to the regularized parameters (see the mixin).
     """
 

@@ -23,6 +23,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, Seq2SeqTrainer, Seq2Seq
 
 from conftest import TinySeq2SeqData, base_args, flat_weights, plain_args, tiny_marian
 from hf_soft_diamond.hooks import STATE_KEY
+from hf_soft_diamond.optim import RegularizedAdamW
 from hf_soft_diamond.trainer import (SoftDiamondSeq2SeqTrainer, SoftDiamondTrainer,
                                      model_consumes_num_items_in_batch)
 from hf_soft_diamond.training_args import SoftDiamondSeq2SeqTrainingArguments, SoftDiamondTrainingArguments
@@ -190,6 +191,36 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_
     amnesic = soft_trainer(tmp_path / "lost", tiny_data, model=tiny_marian(seed=123), **run)
     amnesic.train(resume_from_checkpoint=str(lost))
     assert (flat_weights(amnesic.model) - target).abs().max().item() > 1e-4
+
+
+# --------------------------------------------------------------------------- fused optimizer
+@pytest.mark.parametrize("config", list(REGULARIZERS))
+def test_fused_optimizer_trains_like_adamw_with_hooks(tmp_path, tiny_data, config):
+    """reg_fused_optimizer swaps in RegularizedAdamW: the same run (AdamW, linear lr schedule,
+    weight decay on the unregularized group) lands on the same weights as the hook path."""
+    run = dict(optim="adamw_torch", learning_rate=1e-2, lr_scheduler_type="linear", max_steps=4, weight_decay=0.1,
+               **REGULARIZERS[config])
+    start = flat_weights(tiny_marian())
+    hooked = soft_trainer(tmp_path / "hooks", tiny_data, **run)
+    hooked.train()
+    fused = soft_trainer(tmp_path / "fused", tiny_data, reg_fused_optimizer=True, **run)
+    fused.train()
+    raw = fused.optimizer.optimizer if hasattr(fused.optimizer, "optimizer") else fused.optimizer
+    assert isinstance(raw, RegularizedAdamW) and raw.regularizer is fused.regularizer_handle.regularizer
+    assert [g["weight_decay"] for g in raw.param_groups] == [0.1, 0.0]
+    assert fused.regularizer_handle.regularizer.step == 4
+    assert fused.regularizer_report()["penalty"] > 0
+    assert (flat_weights(hooked.model) - start).abs().max().item() > 1e-3
+    torch.testing.assert_close(flat_weights(fused.model), flat_weights(hooked.model), atol=2e-6, rtol=0)
+
+
+def test_fused_optimizer_settings_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="`reg_fused_optimizer=True` replaces AdamW.*'sgd'"):
+        SoftDiamondTrainingArguments(**base_args(tmp_path, reg_fused_optimizer=True, regularizer="sas",
+                                                 reg_strength=1e-3))
+    with pytest.raises(ValueError, match="needs an elementwise regularizer; 'stable_rank'"):
+        SoftDiamondTrainingArguments(**base_args(tmp_path, reg_fused_optimizer=True, optim="adamw_torch",
+                                                 regularizer="stable_rank", reg_strength=1e-3))
 
 
 # --------------------------------------------------------------------------- eval loss and logs
