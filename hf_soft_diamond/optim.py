@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -117,6 +118,12 @@ class RegularizedAdamW(torch.optim.Optimizer):
             raise ValueError(f"`regularized` parameters are not in the optimizer's params: {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}.")
         self._regularized_ids = {id(p) for _, p in self.named_regularized}
+        doubled = sorted({g["weight_decay"] for g in self.param_groups
+                          if g["weight_decay"] and any(id(p) in self._regularized_ids for p in g["params"])})
+        if doubled and regularizer is not None and regularizer.strength > 0:
+            warnings.warn(f"hf_soft_diamond: weight_decay={doubled} also acts on the parameters regularized by "
+                          f"{regularizer.name!r}; give them a group with weight_decay=0 unless you want both.",
+                          UserWarning, stacklevel=2)
         self._kernels: dict[tuple[Any, Any, int], TensorwiseKernel] = {}
 
     # ------------------------------------------------------------------ public

@@ -198,6 +198,8 @@ def test_bad_settings_fail_before_training_and_name_the_argument():
         RegularizedAdamW(net[0].parameters(), build_regularizer("l1", strength=0.1), [net[2].weight])
     with pytest.raises(ValueError, match="`reg_on_nonfinite`"):
         RegularizedAdamW(net.parameters(), on_nonfinite="ignore")
+    with pytest.warns(UserWarning, match=r"weight_decay=\[0.1\] also acts on the parameters regularized"):
+        RegularizedAdamW(net.parameters(), build_regularizer("l1", strength=0.1), [net[0].weight], weight_decay=0.1)
 
 
 def test_non_finite_weights_are_reported_by_name():
