@@ -9,6 +9,8 @@
 #      ResNet; a ViT step costs ~0.7 s here, ~14x the ResNet's; two runs at a time)
 #   5. the sparse picks of step 1 (sparsest within 1 point of 'none') on the test split, seeds 1-3
 # Finished runs are reused: the script can be stopped and started again.
+# configs/study_image_tuned_arms.json is a copy of step 1's best_arms.json (2026-11-23): steps 2-4
+# can be rerun from it without tuning again (docs/results.md shows the commands).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study_image}

@@ -529,3 +529,34 @@ def test_cli_card_rerenders_the_card_from_results(tmp_path):
     values = {(r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert values[("accuracy", "accuracy (%)")] == 91.234
     assert values[("sparsity", "sparsity regularized |w|<=1e-03")] == 0.25
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+CONFIGS = sorted((REPO / "configs").glob("*.json"))
+
+
+def _task_of(name: str) -> str:
+    return "image" if "image" in name else "translation"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "model_size" in json.loads(p.read_text())],
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_parses(path):
+    from hf_soft_diamond.run.compare import validate_config
+
+    validate_config(_task_of(path.name), json.loads(path.read_text()), path.name)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "model_size" not in json.loads(p.read_text())],
+                         ids=lambda p: p.name)
+def test_every_point_of_every_shipped_arms_file_parses(path):
+    """Each arm (every grid point) merged into the task's demo config is a valid run."""
+    from hf_soft_diamond.run.compare import expand_grid, validate_config
+
+    task = _task_of(path.name)
+    base = json.loads((REPO / "configs" / f"demo_{task}.json").read_text())
+    points = expand_grid(json.loads(path.read_text()))
+    assert "none" in points
+    for name, overrides in points.items():
+        validate_config(task, {**base, **overrides}, f"{path.name}: {name}")
