@@ -14,6 +14,15 @@ import torch
 from transformers import MarianConfig, MarianMTModel
 
 
+#: The per-step target's settings (issue 2: the SaS score and pWD against AdamW's decay):
+#: ``(label, registry name, mode, hyperparameters)``; each script sets its own strength.
+TARGET_PRIORS: list[tuple[str, str, str, dict[str, float]]] = [
+    ("sas coupled a=1.5", "sas", "coupled", {"alpha": 1.5, "gamma": 0.5}),
+    ("sas decoupled a=0.5", "sas", "decoupled", {"alpha": 0.5, "gamma": 0.5}),
+    ("pwd p=0.8", "pwd", "decoupled", {"p": 0.8}),
+    ("pwd p=1.0", "pwd", "decoupled", {"p": 1.0}),
+]
+
 def marian_like(vocab: int) -> MarianMTModel:
     """The benchmark model: Marian 6+6 layers, d_model 512, FFN 1024, 4 heads, shared embeddings, seed 0."""
     cfg = MarianConfig(

@@ -29,23 +29,19 @@ from collections.abc import Callable
 import torch
 
 from hf_soft_diamond import attach_regularizer, build_regularizer, select_parameters
+from hf_soft_diamond.fused import BACKENDS
 from hf_soft_diamond.optim import RegularizedAdamW
 
-from _common import marian_like  # noqa: E402 - benchmarks/ is on sys.path
+from _common import TARGET_PRIORS, marian_like  # noqa: E402 - benchmarks/ is on sys.path
 
-PRIORS = [
-    ("sas coupled a=1.5", "sas", {"mode": "coupled", "alpha": 1.5, "gamma": 0.5, "strength": 1e-4}),
-    ("sas decoupled a=0.5", "sas", {"mode": "decoupled", "alpha": 0.5, "gamma": 0.5, "strength": 1e-4}),
-    ("pwd p=1.0", "pwd", {"p": 1.0, "strength": 1e-4}),
-    ("pwd p=0.8", "pwd", {"p": 0.8, "strength": 1e-4}),
-]
+PRIORS = [(label, name, {"mode": mode, "strength": 1e-4, **kw}) for label, name, mode, kw in TARGET_PRIORS]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds (each times every setting once)")
     ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    ap.add_argument("--backend", default="auto", choices=BACKENDS)
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # the decay-on-regularized warning of the reference setting
 

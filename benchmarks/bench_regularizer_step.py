@@ -23,14 +23,12 @@ import argparse
 import torch
 
 from hf_soft_diamond import attach_regularizer, build_regularizer, select_parameters
+from hf_soft_diamond.fused import BACKENDS
 
-from _common import marian_like, median_time  # noqa: E402 - benchmarks/ is on sys.path
+from _common import TARGET_PRIORS, marian_like, median_time  # noqa: E402 - benchmarks/ is on sys.path
 
 SETTINGS = [
-    ("sas coupled a=1.5", "sas", "coupled", {"alpha": 1.5, "gamma": 0.5}),
-    ("sas decoupled a=0.5", "sas", "decoupled", {"alpha": 0.5, "gamma": 0.5}),
-    ("pwd p=0.8", "pwd", "decoupled", {"p": 0.8}),
-    ("pwd p=1.0", "pwd", "decoupled", {"p": 1.0}),
+    *TARGET_PRIORS,
     ("l1 prox", "l1", "decoupled", {}),
     ("l2 decoupled (ours)", "l2", "decoupled", {}),
 ]
@@ -41,7 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed full training steps per setting")
     ap.add_argument("--repeats", type=int, default=30, help="timed repeats of the isolated hook work")
     ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--quick", action="store_true", help="isolated measurement only")
     args = ap.parse_args()
 
