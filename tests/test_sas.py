@@ -191,6 +191,46 @@ def test_dtype_and_shape(dtype):
     assert not sas_score(w, 0.5).requires_grad
 
 
+def _mp_half_alpha(z: float) -> tuple[float, float]:
+    """(log f_1(z), psi_1(z)) at alpha = 1/2 from the Fresnel closed form in 60-digit mpmath."""
+    mpmath.mp.dps = 60
+
+    def f(x):
+        u, a = 1 / mpmath.sqrt(2 * mpmath.pi * x), 1 / (4 * x)
+        g = mpmath.sin(a) * (0.5 - mpmath.fresnels(u)) + mpmath.cos(a) * (0.5 - mpmath.fresnelc(u))
+        return g / mpmath.sqrt(2 * mpmath.pi * x**3)
+
+    x = mpmath.mpf(z)
+    return float(mpmath.log(f(x))), float(mpmath.diff(f, x) / f(x))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.9, 1.3, 1.9])
+def test_built_table_values_match_high_precision_references(alpha):
+    """The float64 values the table stores (before interpolation), across its whole grid:
+    alpha = 1/2 against its closed form in mpmath (every region: power series, closed form),
+    other alphas against the 50-digit series wherever those converge (the power and tail
+    regions, whose lengths the planner picks)."""
+    lo, h, n = S._grid_params(alpha, S.DEFAULT_GRID_STEP, None, None)
+    r, q, _ = S.build_unit_table(alpha, lo, lo + h * (n - 1), h)
+    idx = np.linspace(0, n - 1, 60 if alpha == 0.5 else 200).round().astype(int)
+    if alpha == 0.5:  # and every grid point around the switch from the power series (z = 0.007)
+        t = lo + h * np.arange(n)
+        idx = np.concatenate([idx, np.flatnonzero((t > math.log(0.004)) & (t < math.log(0.012)))])
+    idx = np.unique(idx)
+    checked = 0
+    for i in idx:
+        z = math.exp(lo + h * i)
+        ref = _mp_half_alpha(z) if alpha == 0.5 else _mp_series(alpha, z)
+        if ref is None:
+            continue
+        log_f = q[i] - 0.5 * (1 + alpha) * math.log1p(z * z)
+        psi = r[i] * z / (1 + z * z)
+        assert abs(log_f - ref[0]) < 1e-10, (z, log_f, ref[0])
+        assert abs(psi / ref[1] - 1) < 1e-9, (z, psi, ref[1])
+        checked += 1
+    assert checked >= 40, checked
+
+
 def test_score_unit_compiles_to_one_graph():
     table = get_sas_table(1.5)
     z = torch.logspace(-8, 8, 1000)

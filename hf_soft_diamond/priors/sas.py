@@ -10,7 +10,8 @@ Conventions
 * The score is ``psi = d/dx log f`` (negative for x > 0, odd in x).
 * One *unit-dispersion* table per alpha serves every gamma:
   ``psi_gamma(x) = psi_1(x/c) / c`` and ``log f_gamma(x) = log f_1(x/c) - log c``.
-  ``alpha = 1`` and ``alpha = 2`` use exact closed forms, no table.
+  ``alpha = 1`` and ``alpha = 2`` use exact closed forms, no table. ``alpha = 1/2`` has a
+  closed form too (Fresnel integrals), used to fill its table.
 
 Table layout (:class:`SasTable`)
 --------------------------------
@@ -41,14 +42,16 @@ alpha = 1.99, where r has a sharp bump between the Gaussian core and the tail), 
 h = 0.005 for 2e-5 at alpha = 1.9. A table is 1-4k cells of 4 coefficients
 (16 B per cell in float32); training weights touch only a few hundred cells.
 Accuracy of the built values (vs. 80-digit mpmath series): ~1e-11 relative for alpha
-in [0.3, 2), ~1e-4 at alpha = 0.2-0.25 (the small-z fill loses digits there), not
-verified below 0.2.
+in [0.3, 2) (alpha = 1/2: ~2e-10 in the score around z = 0.007, where its power series
+hands over to the closed form, < 1e-12 elsewhere), ~1e-4 at alpha = 0.2-0.25 (the
+small-z fill loses digits there), not verified below 0.2.
 
-How a table is built (float64, all vectorized, a few ms)
--------------------------------------------------------
+How a table is built (float64, all vectorized, ~0.3-2 ms)
+---------------------------------------------------------
 For each alpha the grid is split into three regions by an error estimate made on a
 coarse grid (rounding ``eps * sum|terms|`` plus the next two terms, both < 1e-11
-relative to the partial sum, for ``f`` and ``f'``):
+relative to the partial sum, for ``f`` and ``f'``; 0.5 decade, refined to 0.1 decade
+at the region's edge):
 
 * small z: the power series ``f(z) = 1/(pi alpha) sum_k (-1)^k Gamma((2k+1)/alpha)
   / (2k)! z^(2k)`` (convergent for alpha > 1, asymptotic for alpha < 1), with a fixed
@@ -62,6 +65,11 @@ relative to the partial sum, for ``f`` and ``f'``):
   cos((alpha-1) th)/cos th``, and ``x psi(x) = 1/(alpha-1) - alpha/(alpha-1) *
   int y^2 e^{-y} / int y e^{-y}``, by tanh-sinh quadrature on fixed nodes.
 
+The series are summed by a blocked Horner scheme (:func:`_polyval`: ~2 sqrt(K) numpy
+calls for K terms; near alpha = 1 they need over 100 terms). ``alpha = 1/2`` needs no
+planning: its power series up to z = 0.007, the closed form (:func:`_half_alpha_eval`,
+the formula scipy uses at alpha = 1/2) beyond.
+
 Cache: tables live in memory (keyed by alpha and grid parameters) and on disk under
 ``$HF_SOFT_DIAMOND_CACHE`` (default ``platformdirs.user_cache_dir("hf_soft_diamond")``),
 one ``.npz`` per table with a JSON header (format version, alpha, grid parameters,
@@ -71,6 +79,7 @@ on load: anything unexpected is rebuilt and overwritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -79,13 +88,13 @@ import tempfile
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.special import gammaln
+from scipy.special import fresnel, gammaln
 from torch import Tensor
 
 __all__ = [
@@ -149,60 +158,99 @@ def _tail_coefs(alpha: float, kmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _series_valid_k(log_terms: np.ndarray, signs: np.ndarray, tol: float) -> np.ndarray:
-    """valid[K-1, z]: the sum of the first K terms is accurate to ``tol`` (relative).
+    """valid[..., K-1, z]: the sum of the first K terms is accurate to ``tol`` (relative).
 
-    ``log_terms[k, z]`` are log magnitude bounds (rows: terms, columns: points, so that
-    the cumulative sums run over contiguous rows), ``signs[k]`` the signed factor of each
-    term (|signs| <= 1). Error estimate = 4 eps sum|term| + the next two bounds.
+    ``log_terms[..., k, z]`` are log magnitude bounds (terms along the second-to-last
+    axis, points along the last; leading axes: several series at once), ``signs[..., k]``
+    the signed factor of each term (|signs| <= 1). Error estimate = 4 eps sum|term| +
+    the next two bounds.
     """
-    mag = np.exp(np.minimum(log_terms - log_terms[:1], 600.0))
-    kk = mag.shape[0] - 2
-    sm = mag[:kk] * signs[:kk, None]
-    signed = np.cumsum(sm, axis=0)
-    absum = np.cumsum(np.abs(sm), axis=0)
-    err = 4 * _EPS * absum + mag[1 : kk + 1] + mag[2 : kk + 2]
+    mag = np.exp(np.minimum(log_terms - log_terms[..., :1, :], 600.0))
+    kk = mag.shape[-2] - 2
+    sm = mag[..., :kk, :] * signs[..., :kk, None]
+    signed = np.cumsum(sm, axis=-2)
+    absum = np.cumsum(np.abs(sm), axis=-2)
+    err = 4 * _EPS * absum + mag[..., 1 : kk + 1, :] + mag[..., 2 : kk + 2, :]
     return err < tol * np.abs(signed)
 
 
-def _plan_power(alpha: float, zc: np.ndarray, kmax: int) -> tuple[float, int]:
-    """Largest z_a (on ``zc``) with one K such that the power series of f and f'/z hold
-    to tolerance on all of (0, z_a]; returns (z_a, K) or (0, 0)."""
-    la, lb = _power_log_coefs(alpha, kmax)
+def _power_valid(alpha: float, zc: np.ndarray, kmax: int) -> np.ndarray:
+    """valid[K-1, z]: K terms of the power series of f and of f'/z hold to tolerance at z."""
+    la, lb = _power_log_coefs(alpha, kmax + 1)
     k = np.arange(kmax + 2)
-    lz2 = 2 * np.log(zc)[None, :]
+    lz2 = 2 * np.log(zc)
     sf = (-1.0) ** k
-    vf = _series_valid_k(la[:, None] + k[:, None] * lz2, sf, _SERIES_TOL)
-    vb = _series_valid_k(lb[:, None] + k[: kmax + 1, None] * lz2, -sf[: kmax + 1], _SERIES_TOL)
-    n = min(vf.shape[0], vb.shape[0])
-    ok = vf[:n] & vb[:n]  # ok[K-1, z]
-    counts = np.cumprod(ok, axis=1).sum(axis=1)  # per K: leading valid coarse points
-    best = int(np.argmax(counts))
-    if counts[best] == 0:
-        return 0.0, 0
-    return float(zc[counts[best] - 1]), best + 1
+    logs = np.stack([la[: kmax + 2], lb])[:, :, None] + (k[:, None] * lz2)[None]
+    v = _series_valid_k(logs, np.stack([sf, -sf]), _SERIES_TOL)
+    return v[0] & v[1]
 
 
-def _plan_tail(alpha: float, zc: np.ndarray, kmax: int) -> tuple[float, int]:
-    """Smallest z_b (on ``zc``) with one K such that the tail series of f and f' hold to
-    tolerance on all of [z_b, inf); returns (z_b, K) or (inf, 0)."""
+def _tail_valid(alpha: float, zc: np.ndarray, kmax: int) -> np.ndarray:
+    """valid[K-1, z]: K terms of the tail series of f and of f' hold to tolerance at z."""
     lmag, ss = _tail_coefs(alpha, kmax)
     k = np.arange(1, kmax + 3, dtype=np.float64)
     lt = lmag[:, None] - alpha * k[:, None] * np.log(zc)[None, :]
-    vf = _series_valid_k(lt, ss, _SERIES_TOL)
-    vd = _series_valid_k(lt + np.log(alpha * k + 1)[:, None], ss, _SERIES_TOL)
-    ok = vf & vd
-    counts = np.cumprod(ok[:, ::-1], axis=1).sum(axis=1)
+    v = _series_valid_k(np.stack([lt, lt + np.log(alpha * k + 1)[:, None]]), ss, _SERIES_TOL)
+    return v[0] & v[1]
+
+
+def _plan_edge(valid: Callable[[np.ndarray], np.ndarray], log10_lo: float, log10_hi: float,
+               from_top: bool) -> tuple[float, int]:
+    """Farthest grid point reached by one series length K, valid everywhere on the way.
+
+    Scans ``z = 10**(log10_lo ... log10_hi)`` from the bottom (power series: returns the
+    largest ``z_a`` with K valid on all of ``(0, z_a]``) or from the top (tail series: the
+    smallest ``z_b`` with K valid on ``[z_b, inf)``), on a 0.5-decade grid, then refines
+    the step past the last valid coarse point to 0.1 decade (the 0.1-decade answer at
+    about a fifth of the cost). Among the Ks reaching farthest, the smallest. Returns
+    ``(z, K)``, or ``(0, 0)`` / ``(inf, 0)`` when no K holds at the first point.
+    """
+    none = (math.inf, 0) if from_top else (0.0, 0)
+    lz = np.arange(log10_lo, log10_hi + 1e-9, 0.5)
+    if from_top:
+        lz = lz[::-1]
+    ok = valid(10.0 ** lz)
+    counts = np.cumprod(ok, axis=1).sum(axis=1)  # per K: leading valid coarse points
+    reach = int(counts.max())
+    if reach == 0:
+        return none
+    step = -0.1 if from_top else 0.1
+    if reach < len(lz):  # refine between the last valid and the first invalid coarse point
+        fine = valid(10.0 ** (lz[reach - 1] + step * np.arange(1, 5)))
+        fine_counts = np.where(counts == reach, np.cumprod(fine, axis=1).sum(axis=1), -1)
+        best = int(np.argmax(fine_counts))
+        return float(10.0 ** (lz[reach - 1] + step * fine_counts[best])), best + 1
     best = int(np.argmax(counts))
-    if counts[best] == 0:
-        return math.inf, 0
-    return float(zc[len(zc) - counts[best]]), best + 1
+    return float(10.0 ** lz[-1]), best + 1
 
 
 # --------------------------------------------------------------------- evaluators
-def _horner(coefs: np.ndarray, u: np.ndarray) -> np.ndarray:
-    acc = np.full_like(u, coefs[-1])
-    for c in coefs[-2::-1]:
-        acc = acc * u + c
+def _polyval(coefs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``sum_k coefs[k, j] * u**k`` for each column j of ``coefs`` (``(K, m)``): ``(m, len(u))``.
+
+    Blocked Horner: with ``B ~ sqrt(K)``, the powers ``u**0 .. u**(B-1)`` (B - 1 passes),
+    one matrix product giving every block's inner sum for every column, then Horner over
+    the ~sqrt(K) blocks in ``u**B``. About 2 sqrt(K) numpy calls instead of 2K for plain
+    Horner (the series here have up to ~130 terms on a few thousand points, so call
+    overhead, not arithmetic, is what costs); rounding is of the same order (``u <= 1``).
+    """
+    n_terms, m = coefs.shape
+    block = max(2, math.isqrt(n_terms))
+    n_blocks = -(-n_terms // block)
+    padded = np.zeros((n_blocks * block, m))
+    padded[:n_terms] = coefs
+    powers = np.empty((block, len(u)))
+    powers[0] = 1.0
+    powers[1] = u
+    for i in range(2, block):
+        np.multiply(powers[i - 1], u, out=powers[i])
+    u_block = powers[block - 1] * u
+    inner = padded.reshape(n_blocks, block, m).transpose(2, 0, 1).reshape(m * n_blocks, block) @ powers
+    inner = inner.reshape(m, n_blocks, len(u))
+    acc = inner[:, -1].copy()
+    for j in range(n_blocks - 2, -1, -1):
+        acc *= u_block
+        acc += inner[:, j]
     return acc
 
 
@@ -211,11 +259,10 @@ def _power_eval(alpha: float, z: np.ndarray, zs: float, n_terms: int) -> tuple[n
     la, lb = _power_log_coefs(alpha, n_terms)
     k = np.arange(n_terms)
     lzs2 = 2 * math.log(zs)
-    cf = (-1.0) ** k * np.exp(la[:n_terms] + k * lzs2)
-    cb = -((-1.0) ** k) * np.exp(lb[:n_terms] + k * lzs2)
-    u = (z / zs) ** 2
-    norm = 1.0 / (math.pi * alpha)
-    return norm * _horner(cf, u), norm * _horner(cb, u)
+    sign = (-1.0) ** k
+    coefs = np.stack([sign * np.exp(la[:n_terms] + k * lzs2), -sign * np.exp(lb[:n_terms] + k * lzs2)], axis=1)
+    f, fpz = _polyval(coefs, (z / zs) ** 2) / (math.pi * alpha)
+    return f, fpz
 
 
 def _tail_eval(alpha: float, z: np.ndarray, zs: float, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,10 +274,10 @@ def _tail_eval(alpha: float, z: np.ndarray, zs: float, n_terms: int) -> tuple[np
     k = np.arange(1, n_terms + 1, dtype=np.float64)
     lws = -alpha * math.log(zs)
     cf = ss[:n_terms] * np.exp(lmag[:n_terms] + k * lws)
-    cd = cf * (alpha * k + 1)
     v = (zs / z) ** alpha  # w/ws
-    # sum_k c_k v^k = v * horner(c, v)
-    return v * _horner(cf, v), v * _horner(cd, v)
+    # sum_k c_k v^k = v * sum_k c_k v^(k-1)
+    sf, sd = v * _polyval(np.stack([cf, cf * (alpha * k + 1)], axis=1), v)
+    return sf, sd
 
 
 def _tanh_sinh_nodes(step: float = 0.04, umax: float = 3.6):
@@ -263,6 +310,37 @@ def _zolotarev_eval(alpha: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return f, xpsi
 
 
+#: alpha = 1/2: the closed form below holds to ~1e-12 relative for z > 0.02, loses digits
+#: towards small z (cancellation, ~2e-10 in the score at z = 0.007), where the power
+#: series (asymptotic at alpha < 1) takes over: 16 terms hold to ~7e-11 up to z = 0.007
+#: (both measured against the closed form in 40-digit mpmath).
+_HALF_SWITCH = 0.007
+_HALF_TERMS = 16
+
+
+def _half_alpha_eval(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """alpha = 1/2 in closed form: returns (f, x*psi) at x > 0.
+
+    With ``u = 1/sqrt(2 pi x)`` and the Fresnel integrals S, C (``scipy.special.fresnel``,
+    argument ``pi s^2/2``), ``a = pi u^2/2 = 1/(4x)``::
+
+        f(x) = G / sqrt(2 pi x^3),  G = sin(a) (1/2 - S(u)) + cos(a) (1/2 - C(u))
+        x psi(x) = ((1 - pi u F) u / G - 3) / 2,  F = cos(a) (1/2 - S(u)) - sin(a) (1/2 - C(u))
+
+    (G and F are the auxiliary Fresnel functions g(u), f(u); ``dg/du = pi u f - 1``.)
+    The density is the one scipy's ``levy_stable`` uses at alpha = 1/2 (Hoffmann-Jorgensen).
+    """
+    u = 1.0 / np.sqrt(2 * math.pi * x)
+    s_u, c_u = fresnel(u)
+    a = 0.25 / x
+    sin_a, cos_a = np.sin(a), np.cos(a)
+    big_g = sin_a * (0.5 - s_u) + cos_a * (0.5 - c_u)
+    big_f = cos_a * (0.5 - s_u) - sin_a * (0.5 - c_u)
+    f = (2 * math.pi) * big_g * u ** 3  # = big_g / sqrt(2 pi x^3)
+    xpsi = 0.5 * ((1.0 - math.pi * u * big_f) * u / big_g - 3.0)
+    return f, xpsi
+
+
 # ------------------------------------------------------------------ table builder
 def _kappa(alpha: float) -> float:
     return math.exp(gammaln(3.0 / alpha) - gammaln(1.0 / alpha))
@@ -274,12 +352,15 @@ def default_grid(alpha: float) -> tuple[float, float]:
     alpha = _check_alpha(alpha)
     if alpha in (1.0, 2.0):
         return 0.0, 0.0
-    la, _ = _power_log_coefs(alpha, 3)
+    # the first three power and two tail coefficients (as in _power_log_coefs / _tail_coefs,
+    # in scalar math: this runs on every table lookup)
+    la = [math.lgamma((2 * k + 1) / alpha) - math.lgamma(2 * k + 1) for k in range(3)]
     # r = -kappa (1 + B z^2 + ...), B = 2 A2/A1 - A1/A0 + 1
     big_b = abs(2 * math.exp(la[2] - la[1]) - math.exp(la[1] - la[0]) + 1.0)
     t_min = 0.5 * math.log(_END_TOL / big_b)
     # r = -(1+alpha) (1 + C w + ...), w = z^-alpha, C = alpha/(1+alpha) * b2/b1
-    lmag, ss = _tail_coefs(alpha, 2)
+    lmag = [math.lgamma(alpha * k + 1) - math.lgamma(k + 1) for k in (1, 2)]
+    ss = [(-1.0) ** (k + 1) * math.sin(k * math.pi * alpha / 2) for k in (1, 2)]
     c1 = abs(alpha / (1 + alpha) * ss[1] / ss[0]) * math.exp(lmag[1] - lmag[0]) + 1e-3
     t_max = math.log(c1 / _END_TOL) / alpha
     t_min = max(min(t_min, -2.0), _T_LO_CAP)
@@ -300,40 +381,44 @@ def build_unit_table(alpha: float, t_min: float, t_max: float, grid_step: float)
     n = int(round((t_max - t_min) / grid_step)) + 1
     t = t_min + grid_step * np.arange(n, dtype=np.float64)
     z = np.exp(t)
-    # coarse planning grid, 0.1 decade; series lengths up to kmax (more near alpha = 1,
-    # where both series converge slowly around z ~ 1)
-    kmax = int(min(160, 40 + 12 / abs(alpha - 1.0)))
-    zc = 10.0 ** np.arange(-6.0, 2.0 if alpha > 1 else 0.5, 0.1)
-    z_a, k_a = _plan_power(alpha, zc, kmax)
-    zc = 10.0 ** np.arange(-6.0 if alpha < 1 else -1.0, 6.0, 0.1)
-    z_b, k_b = _plan_tail(alpha, zc, kmax)
-    if z_a >= z_b:  # overlap: cut in the middle (log scale)
-        z_a = z_b = math.sqrt(z_a * z_b)
+    if alpha == 0.5:  # closed form from _HALF_SWITCH on: no planning, no tail series
+        z_a, k_a, z_b, k_b = _HALF_SWITCH, _HALF_TERMS, math.inf, 0
+        middle, middle_name = _half_alpha_eval, "fresnel"
+    else:
+        # region edges to 0.1 decade (see _plan_edge); series lengths up to kmax (more
+        # near alpha = 1, where both series converge slowly around z ~ 1)
+        kmax = int(min(160, 40 + 12 / abs(alpha - 1.0)))
+        z_a, k_a = _plan_edge(lambda zc: _power_valid(alpha, zc, kmax), -6.0, 2.0 if alpha > 1 else 0.5, False)
+        z_b, k_b = _plan_edge(lambda zc: _tail_valid(alpha, zc, kmax), -6.0 if alpha < 1 else -1.0, 6.0, True)
+        if z_a >= z_b:  # overlap: cut in the middle (log scale)
+            z_a = z_b = math.sqrt(z_a * z_b)
+        middle, middle_name = functools.partial(_zolotarev_eval, alpha), "zolotarev"
     r = np.empty(n)
     lf = np.empty(n)
-    zz = z * z
-    m_p = z <= z_a
-    m_t = z >= z_b if math.isfinite(z_b) else np.zeros(n, bool)
-    m_t &= ~m_p
-    m_z = ~(m_p | m_t)
-    if m_p.any():
-        zp = z[m_p]
+    # the grid is sorted: power series on [0, i_a), middle on [i_a, i_b), tail on [i_b, n)
+    i_a = int(np.searchsorted(z, z_a, side="right"))
+    i_b = max(i_a, int(np.searchsorted(z, z_b, side="left")))
+    if i_a > 0:
+        zp = z[:i_a]
         f, fpz = _power_eval(alpha, zp, z_a, k_a)
-        r[m_p] = fpz / f * (1 + zz[m_p])
-        lf[m_p] = np.log(f)
-    if m_t.any():
-        zt = z[m_t]
+        r[:i_a] = fpz / f * (1 + zp * zp)
+        lf[:i_a] = np.log(f)
+    if i_b < n:
+        zt = z[i_b:]
         sf, sd = _tail_eval(alpha, zt, z_b, k_b)
         # psi = f'/f = -sd/(z sf) -> r = -(sd/sf) (1+z^2)/z^2
-        r[m_t] = -(sd / sf) * (1.0 + 1.0 / zz[m_t])
-        lf[m_t] = np.log(sf) - math.log(math.pi) - t[m_t]
-    if m_z.any():
-        zm = z[m_z]
-        f, xpsi = _zolotarev_eval(alpha, zm)
-        r[m_z] = xpsi * (1.0 + 1.0 / zz[m_z])
-        lf[m_z] = np.log(f)
-    q = lf + 0.5 * (1.0 + alpha) * np.logaddexp(0.0, 2 * t)
-    info = {"z_a": z_a, "k_a": k_a, "z_b": z_b, "k_b": k_b, "n_zolotarev": int(m_z.sum())}
+        r[i_b:] = -(sd / sf) * (1.0 + 1.0 / (zt * zt))
+        lf[i_b:] = np.log(sf) - math.log(math.pi) - t[i_b:]
+    if i_b > i_a:
+        zm = z[i_a:i_b]
+        f, xpsi = middle(zm)
+        r[i_a:i_b] = xpsi * (1.0 + 1.0 / (zm * zm))
+        lf[i_a:i_b] = np.log(f)
+    log1p_z2 = np.log1p(z * z)
+    if z[-1] > 1e150:  # a user grid beyond the default cap: z*z would overflow
+        log1p_z2[z > 1e150] = 2 * t[z > 1e150]
+    q = lf + 0.5 * (1.0 + alpha) * log1p_z2
+    info = {"z_a": z_a, "k_a": k_a, "z_b": z_b, "k_b": k_b, "middle": middle_name, "n_middle": i_b - i_a}
     return r, q, info
 
 
@@ -511,14 +596,25 @@ def fit_fast_score(table: "SasTable", target: float = _FAST_TARGET, max_degree: 
     return best
 
 # ------------------------------------------------------------------------- table
-def _hermite_cells(y: np.ndarray, h: float) -> np.ndarray:
-    """Per-cell cubic Hermite coefficients ``(n-1, 4)`` of samples ``y`` (step h), with the
-    slopes from 4th-order central differences (2nd order at the two ends of the grid,
-    where the tables are flat). Interpolation error O(h^4)."""
-    d = np.gradient(y, edge_order=2)  # h * dy/dt, 2nd order
-    d[2:-2] = (-y[4:] + 8 * y[3:-1] - 8 * y[1:-3] + y[:-4]) / 12.0
-    p0, p1, m0, m1 = y[:-1], y[1:], d[:-1], d[1:]
-    return np.stack([p0, m0, 3 * (p1 - p0) - 2 * m0 - m1, 2 * (p0 - p1) + m0 + m1], axis=1)
+def _hermite_cells(y: np.ndarray) -> Tensor:
+    """Per-cell cubic Hermite coefficients ``(m, n-1, 4)`` (float64 tensor) of the samples
+    ``y`` (``(m, n)``, unit step), with the slopes from 4th-order central differences (2nd
+    order at the two ends of the grid, where the tables are flat). Interpolation error
+    O(h^4). Computed coefficient-major in numpy, made cell-major by one torch copy."""
+    d = np.empty_like(y)  # h * dy/dt
+    d[:, 2:-2] = (y[:, :-4] - y[:, 4:] + 8 * (y[:, 3:-1] - y[:, 1:-3])) * (1 / 12)
+    d[:, 1] = (y[:, 2] - y[:, 0]) / 2
+    d[:, -2] = (y[:, -1] - y[:, -3]) / 2
+    d[:, 0] = (-3 * y[:, 0] + 4 * y[:, 1] - y[:, 2]) / 2  # one-sided, 2nd order
+    d[:, -1] = (3 * y[:, -1] - 4 * y[:, -2] + y[:, -3]) / 2
+    p0, m0, m1 = y[:, :-1], d[:, :-1], d[:, 1:]
+    dp = y[:, 1:] - p0
+    coefs = np.empty((4,) + p0.shape)  # value c0 + s (c1 + s (c2 + s c3)) at fraction s
+    coefs[0] = p0
+    coefs[1] = m0
+    np.subtract(3 * dp, 2 * m0 + m1, out=coefs[2])
+    np.add(m0 + m1, -2 * dp, out=coefs[3])
+    return torch.from_numpy(coefs).permute(1, 2, 0).contiguous()
 
 
 class SasTable:
@@ -546,6 +642,7 @@ class SasTable:
         self.kappa = _kappa(self.alpha)
         self.log_f0 = float(gammaln(1.0 + 1.0 / self.alpha) - math.log(math.pi))
         self.tensors: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._cells64: Tensor | None = None
         self._fast: FastScore | None = None
         self._fast_failed = False
         self._fast_lock = threading.Lock()
@@ -571,8 +668,10 @@ class SasTable:
         key = (dtype, device)
         hit = self.tensors.get(key)
         if hit is None:
-            hit = tuple(torch.from_numpy(_hermite_cells(a, self.grid_step)).to(dtype=dtype, device=device)
-                        for a in (self.r, self.q))
+            if self._cells64 is None:  # float64 (2, n-1, 4): r and q, computed once
+                self._cells64 = _hermite_cells(np.stack([self.r, self.q]))
+            cells = self._cells64.to(dtype=dtype, device=device)
+            hit = (cells[0], cells[1])
             self.tensors[key] = hit
         return hit
 
