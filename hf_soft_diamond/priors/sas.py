@@ -201,9 +201,10 @@ def _plan_edge(valid: Callable[[np.ndarray], np.ndarray], log10_lo: float, log10
     Scans ``z = 10**(log10_lo ... log10_hi)`` from the bottom (power series: returns the
     largest ``z_a`` with K valid on all of ``(0, z_a]``) or from the top (tail series: the
     smallest ``z_b`` with K valid on ``[z_b, inf)``), on a 0.5-decade grid, then refines
-    the step past the last valid coarse point to 0.1 decade (the 0.1-decade answer at
-    about a fifth of the cost). Among the Ks reaching farthest, the smallest. Returns
-    ``(z, K)``, or ``(0, 0)`` / ``(inf, 0)`` when no K holds at the first point.
+    the step past the last valid coarse point to 0.1 decade (the answer of a full
+    0.1-decade scan at every alpha tried, 0.2 ... 1.99, from about a quarter of the
+    points). Among the Ks reaching farthest, the smallest. Returns ``(z, K)``, or
+    ``(0, 0)`` / ``(inf, 0)`` when no K holds at the first point.
     """
     none = (math.inf, 0) if from_top else (0.0, 0)
     lz = np.arange(log10_lo, log10_hi + 1e-9, 0.5)
