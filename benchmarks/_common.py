@@ -23,6 +23,7 @@ TARGET_PRIORS: list[tuple[str, str, str, dict[str, float]]] = [
     ("pwd p=1.0", "pwd", "decoupled", {"p": 1.0}),
 ]
 
+
 def marian_like(vocab: int) -> MarianMTModel:
     """The benchmark model: Marian 6+6 layers, d_model 512, FFN 1024, 4 heads, shared embeddings, seed 0."""
     cfg = MarianConfig(
