@@ -15,7 +15,7 @@ the same machine load:
 
 Usage::
 
-    python benchmarks/bench_fused_adamw.py [--repeats 15] [--backend auto|compile|eager]
+    python benchmarks/bench_fused_adamw.py [--repeats 15] [--backend auto|compile|eager] [--priors pwd]
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds (each times every setting once)")
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--backend", default="auto", choices=BACKENDS)
+    ap.add_argument("--priors", nargs="+", metavar="TEXT",
+                    help="only the priors whose label contains one of these (e.g. 'pwd p=0.8'); the "
+                         "references (torch AdamW, RegularizedAdamW without/with L2) always run")
     args = ap.parse_args()
+    priors = [p for p in PRIORS if args.priors is None or any(t in p[0] for t in args.priors)]
     warnings.simplefilter("ignore")  # the decay-on-regularized warning of the reference setting
 
     model = marian_like(args.vocab)
@@ -67,13 +71,13 @@ def main() -> None:
     ref0, ref_wd = torch_adamw(0.0), torch_adamw(0.01)
     settings["torch AdamW wd=0"] = ref0.step
     settings["torch AdamW wd=0.01"] = ref_wd.step
-    for label, name, kw in PRIORS:
+    for label, name, kw in priors:
         opt = torch_adamw(0.0)
         attach_regularizer(opt, build_regularizer(name, fused_backend=args.backend, **kw), named,
                            check_finite_every=0)
         settings[f"torch AdamW + hooks: {label}"] = opt.step
     fused = {"none": None, "l2 decoupled 0.01 (AdamW's decay)": ("l2", {"mode": "decoupled", "strength": 0.01})}
-    fused.update({label: (name, kw) for label, name, kw in PRIORS})
+    fused.update({label: (name, kw) for label, name, kw in priors})
     for label, spec in fused.items():
         reg = None if spec is None else build_regularizer(spec[0], fused_backend=args.backend, **spec[1])
         opt = RegularizedAdamW(params, reg, named, lr=lr, fused_backend=args.backend, check_finite_every=0)
