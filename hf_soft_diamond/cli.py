@@ -69,12 +69,19 @@ def _table(argv: list[str]) -> None:
         print(path)
 
 
+def _export(argv: list[str]) -> None:
+    from .export import main
+
+    main(argv)
+
+
 COMMANDS = {
     "train-translation": (_train_translation, "train a German-English translation model (run_translation style)"),
     "train-image": (_train_image, "train an image classifier (ViT / ResNet)"),
     "compare": (_compare, "run several regularizer settings x seeds and tabulate them"),
     "card": (_card, "render a run's model card"),
     "table": (_table, "prebuild SaS lookup tables"),
+    "export": (_export, "prune a run at its knee and write a compressed checkpoint"),
 }
 
 
