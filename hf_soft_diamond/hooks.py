@@ -25,6 +25,7 @@ once per *optimizer* step, whatever loop drives it (``transformers.Trainer``,
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -37,6 +38,27 @@ from .regularizers.base import Regularizer
 
 STATE_KEY = "hf_soft_diamond"
 
+logger = logging.getLogger(__name__)
+
+
+def resolve_mode_for(regularizer: Regularizer, optimizer: Any) -> str:
+    """Fix ``regularizer``'s mode for ``optimizer`` (see :func:`~hf_soft_diamond.regularizers.natural_mode`).
+
+    Logs one warning when an explicitly coupled prior runs under an optimizer that
+    normalises per coordinate (Adam-family): there the prior's gradient is divided by the
+    running RMS of the whole gradient, so wherever the data gradient is small the weight
+    moves by about ``lr`` per step towards the prior's mode whatever the strength is.
+    """
+    mode = regularizer.resolve_mode(optimizer)
+    if regularizer.coupled_under_adaptive(optimizer):
+        name = type(optimizer).__name__ if not isinstance(optimizer, str) else optimizer
+        logger.warning(
+            "hf_soft_diamond: %r is coupled (added to the gradient) under %s, which normalises each coordinate: "
+            "wherever the data gradient is small the prior's pull is normalised to about lr per step, whatever "
+            "reg_strength is (weights collapse towards 0). Leave reg_mode unset (decoupled under Adam-family "
+            "optimizers) unless that is what you want.", regularizer.name, name)
+    return mode
+
 
 def check_on_nonfinite(on_nonfinite: str, check_finite_every: int) -> int:
     """Validate the two non-finite-check settings; returns ``check_finite_every`` as an int."""
@@ -47,16 +69,22 @@ def check_on_nonfinite(on_nonfinite: str, check_finite_every: int) -> int:
     return int(check_finite_every)
 
 
-def check_finite_weights(named_params: list[tuple[str, Tensor]], regularizer: Regularizer,
-                         on_nonfinite: Literal["raise", "warn"]) -> None:
-    """Raise ``FloatingPointError`` (or warn) naming the parameters that hold NaN or Inf."""
-    bad = non_finite_indices([p for _, p in named_params], regularizer.fused_backend)
+def check_finite_weights(named_params: list[tuple[str, Tensor]], regularizer: Regularizer | None,
+                         on_nonfinite: Literal["raise", "warn"], *, step: int | None = None,
+                         backend: str | None = None) -> None:
+    """Raise ``FloatingPointError`` (or warn) naming the parameters that hold NaN or Inf.
+
+    ``regularizer`` may be ``None`` (plain optimizer); ``step`` defaults to the regularizer's.
+    """
+    backend = backend or (regularizer.fused_backend if regularizer is not None else "auto")
+    bad = non_finite_indices([p for _, p in named_params], backend)
     if not bad:
         return
     names = [named_params[i][0] for i in bad]
-    msg = (f"hf_soft_diamond: non-finite weights in regularized parameters {names[:5]} after optimizer "
-           f"step {regularizer.step} ({regularizer.name}, {regularizer.mode}); check the "
-           f"learning rate, reg_strength and the data loss.")
+    step = step if step is not None else (regularizer.step if regularizer is not None else "?")
+    what = f" ({regularizer.name}, {regularizer.mode})" if regularizer is not None else ""
+    msg = (f"hf_soft_diamond: non-finite weights in parameters {names[:5]} after optimizer step {step}{what}; "
+           f"check the learning rate, reg_strength and the data loss.")
     if on_nonfinite == "raise":
         raise FloatingPointError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=4)
@@ -81,6 +109,7 @@ class RegularizerHandle:
                  named_params: list[tuple[str, nn.Parameter]], on_nonfinite: Literal["raise", "warn"],
                  check_finite_every: int = 1) -> None:
         self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
+        resolve_mode_for(regularizer, optimizer)
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.named_params = named_params
@@ -154,20 +183,40 @@ class RegularizerHandle:
             for params, lr in self._groups():
                 reg.decoupled_post_step_(params, lr)
         reg.step += 1
-        if self.check_finite_every and reg.strength != 0.0 and reg.step % self.check_finite_every == 0:
+        # on in every run, a regularizer at strength 0 or `none` included: a diverged run stops here
+        if self.check_finite_every and reg.step % self.check_finite_every == 0:
             self._check_finite()
 
     def _check_finite(self) -> None:
         check_finite_weights(self.named_params, self.regularizer, self.on_nonfinite)
 
     def _save_state(self, optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict[STATE_KEY] = {"regularizer": self.regularizer.name, **self.regularizer.state_dict()}
+        state_dict[STATE_KEY] = regularizer_state(self.regularizer, self.named_params)
         return state_dict
 
     def _load_state(self, optimizer, state_dict: dict[str, Any]) -> None:
         saved = state_dict.pop(STATE_KEY, None)
         if saved is not None:
-            self.regularizer.load_state_dict(saved)
+            load_regularizer_state(self.regularizer, self.named_params, saved)
+
+
+def regularizer_state(regularizer: Regularizer, named_params: list[tuple[str, Tensor]]) -> dict[str, Any]:
+    """What a checkpoint carries under ``"hf_soft_diamond"``: the regularizer's progress and its
+    per-parameter state keyed by parameter name (so it resumes in a new process)."""
+    per_param = {name: st for name, p in named_params if (st := regularizer.param_state(p)) is not None}
+    return {"regularizer": regularizer.name, **regularizer.state_dict(), "params": per_param}
+
+
+def load_regularizer_state(regularizer: Regularizer, named_params: list[tuple[str, Tensor]],
+                           saved: dict[str, Any]) -> None:
+    """Restore :func:`regularizer_state` into ``regularizer`` for these parameters."""
+    saved = dict(saved)
+    per_param = saved.pop("params", {}) or {}
+    regularizer.load_state_dict(saved)
+    by_name = dict(named_params)
+    for name, state in per_param.items():
+        if name in by_name:
+            regularizer.load_param_state(by_name[name], state)
 
 
 def attach_regularizer(
@@ -184,6 +233,9 @@ def attach_regularizer(
         optimizer: any ``torch.optim.Optimizer`` (for decoupled regularizers, build it
             with ``weight_decay=0`` on these parameters, or the decay is applied twice).
         regularizer: e.g. ``build_regularizer("sas", strength=1e-4, alpha=1.5, gamma=0.5)``.
+            Built without a ``mode``, it takes the optimizer's natural mode here: the
+            paper's (coupled) form under SGD-family optimizers, decoupled under Adam-family
+            ones (see :mod:`hf_soft_diamond.regularizers.base`).
         params: a model (the default selection rule of
             :func:`~hf_soft_diamond.regularizers.select_parameters` is applied), or
             ``(name, parameter)`` pairs, or bare parameters.

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .fused import Backend, TensorwiseKernel, _at_least_fp32, validate_backend
-from .hooks import STATE_KEY, check_finite_weights, check_on_nonfinite, named_parameters_of
+from .hooks import (STATE_KEY, check_finite_weights, check_on_nonfinite, load_regularizer_state, named_parameters_of,
+                    regularizer_state, resolve_mode_for)
 from .regularizers.base import ElementwiseTerms, Regularizer
 
 __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
@@ -72,7 +73,8 @@ class RegularizedAdamW(torch.optim.Optimizer):
         params: parameters or parameter groups, as for ``torch.optim.AdamW``.
         regularizer: any regularizer with :meth:`~hf_soft_diamond.regularizers.Regularizer.elementwise_terms`
             (``none``, ``l2``, ``l1``, ``lp``, ``sas``, ``pwd``; the spectral ones need the
-            hook path). ``None``: plain AdamW, fused.
+            hook path). ``None``: plain AdamW, fused. Built without a mode, it runs
+            decoupled (the natural mode under Adam).
         regularized: the parameters it acts on: a model (default selection rule of
             :func:`~hf_soft_diamond.regularizers.select_parameters`), ``(name, parameter)``
             pairs or bare parameters; ``None``: every parameter of the optimizer.
@@ -102,7 +104,10 @@ class RegularizedAdamW(torch.optim.Optimizer):
         self.fused_backend = validate_backend(fused_backend)
         self.on_nonfinite = on_nonfinite
         self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
+        self._steps = 0  # step() calls, for the periodic finite check
         self.regularizer = regularizer
+        if regularizer is not None:
+            resolve_mode_for(regularizer, self)  # Adam-family: decoupled unless given
         all_params = [p for g in self.param_groups for p in g["params"]]
         if regularizer is not None and regularizer.elementwise_terms(lr) is None:
             raise ValueError(
@@ -152,16 +157,19 @@ class RegularizedAdamW(torch.optim.Optimizer):
                 (regularized if terms is not None and id(p) in self._regularized_ids else plain).append(p)
             self._step_tensors(group, plain, None)
             self._step_tensors(group, regularized, terms)
+        self._steps += 1
         if reg is not None:
             reg.step += 1
-            if active and self.check_finite_every and reg.step % self.check_finite_every == 0:
-                check_finite_weights(self.named_regularized, reg, self.on_nonfinite)
+        # on in every run (also without a regularizer or at strength 0): a diverged run stops here
+        if self.check_finite_every and self._steps % self.check_finite_every == 0:
+            check_finite_weights(self.named_regularized, reg, self.on_nonfinite, step=self._steps,
+                                 backend=self.fused_backend)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.regularizer is not None:
-            state[STATE_KEY] = {"regularizer": self.regularizer.name, **self.regularizer.state_dict()}
+            state[STATE_KEY] = regularizer_state(self.regularizer, self.named_regularized)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -169,7 +177,7 @@ class RegularizedAdamW(torch.optim.Optimizer):
         saved = state_dict.pop(STATE_KEY, None)
         super().load_state_dict(state_dict)
         if saved is not None and self.regularizer is not None:
-            self.regularizer.load_state_dict(saved)
+            load_regularizer_state(self.regularizer, self.named_regularized, saved)
 
     # ------------------------------------------------------------------ internals
     def _kernel(self, terms: ElementwiseTerms | None) -> TensorwiseKernel:

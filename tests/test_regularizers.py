@@ -40,7 +40,6 @@ def test_registry_lists_the_core_methods():
         ("pwd", {"mode": "coupled"}, "`reg_mode` for regularizer 'pwd'"),
         ("pwd", {"p": 0.8, "p_start": 0.5}, "`pwd_p_start`"),
         ("lp", {"p": 1.0, "eps": 0.0}, "`lp_eps`"),
-        ("lp", {"mode": "decoupled"}, "`reg_mode` for regularizer 'lp'"),
     ],
 )
 def test_bad_hyperparameters_name_the_argument(name, kwargs, match):

@@ -6,11 +6,14 @@ lists the names; ``select_parameters(model, ...)`` picks the weights they act on
 
 from .base import (
     MODES,
+    OPTIMIZER_FAMILIES,
     ElementwiseTerms,
     Regularizer,
     available_regularizers,
     build_regularizer,
     get_regularizer_class,
+    natural_mode,
+    optimizer_family,
     register_regularizer,
 )
 from .lp import L1Regularizer, L2Regularizer, LpRegularizer, NoRegularizer
@@ -22,6 +25,7 @@ from .spectral import (FrechetPriorRegularizer, PowerLawPriorRegularizer, Stable
 
 __all__ = [
     "MODES",
+    "OPTIMIZER_FAMILIES",
     "ElementwiseTerms",
     "L1Regularizer",
     "L2Regularizer",
@@ -37,6 +41,8 @@ __all__ = [
     "available_regularizers",
     "build_regularizer",
     "get_regularizer_class",
+    "natural_mode",
+    "optimizer_family",
     "register_regularizer",
     "regularized_names",
     "select_parameters",

@@ -25,7 +25,7 @@ class NoRegularizer(Regularizer):
 
     name = "none"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", fused_backend: Backend = "auto") -> None:
+    def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
@@ -66,7 +66,7 @@ class L2Regularizer(Regularizer):
 
     name = "l2"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", fused_backend: Backend = "auto") -> None:
+    def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
         self._grad = TensorwiseKernel(_l2_grad_kernel, fused_backend)
         self._scale = TensorwiseKernel(_scale_kernel, fused_backend)
@@ -113,7 +113,7 @@ class L1Regularizer(Regularizer):
 
     name = "l1"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", fused_backend: Backend = "auto") -> None:
+    def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
         self._grad = TensorwiseKernel(_l1_grad_kernel, fused_backend)
         self._prox = TensorwiseKernel(_l1_prox_kernel, fused_backend)
@@ -141,9 +141,22 @@ def _lp_grad_term(w: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
     return lp_math.lp_grad(w, p, eps) * lam
 
 
+def _lp_decoupled_kernel(w: Tensor, lr_lam: Tensor, p: Tensor, eps: Tensor) -> None:
+    # w <- w - lr * strength * dR/dw
+    wf = _at_least_fp32(w)
+    w.sub_((lp_math.lp_grad(wf, p, eps) * lr_lam).to(w.dtype))
+
+
+def _lp_decoupled_update(w_old: Tensor, w_stepped: Tensor, lr_lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
+    return w_stepped - lp_math.lp_grad(w_old, p, eps) * lr_lam
+
+
 @register_regularizer
 class LpRegularizer(Regularizer):
-    """``lp``: smoothed L_p penalty ``strength * sum((w^2+eps^2)^(p/2) - eps^p)``, coupled only.
+    """``lp``: smoothed L_p penalty ``strength * sum((w^2+eps^2)^(p/2) - eps^p)``.
+
+    coupled: ``grad += strength * dR/dw``; decoupled: ``w <- w - lr * strength * dR/dw``
+    before the step (the penalty's gradient step outside the optimizer, for Adam).
 
     The gradient ``strength * p * w * (w^2+eps^2)^(p/2-1)`` stays bounded near 0
     thanks to ``eps`` (about ``strength*p*eps^(p-1)`` at most; below ``eps`` the
@@ -157,14 +170,14 @@ class LpRegularizer(Regularizer):
     """
 
     name = "lp"
-    modes = ("coupled",)
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", p: float = 1.0, eps: float = 1e-3,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, p: float = 1.0, eps: float = 1e-3,
                  fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
         self.p = check_number("lp_p", p, low=0.0, high=2.0, low_open=True)
         self.eps = check_number("lp_eps", eps, low=0.0, low_open=True)
         self._grad = TensorwiseKernel(_lp_grad_kernel, fused_backend)
+        self._decoupled = TensorwiseKernel(_lp_decoupled_kernel, fused_backend)
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.lp_penalty(w, self.p, self.eps) for w in params])
@@ -172,8 +185,13 @@ class LpRegularizer(Regularizer):
     def add_coupled_grad_(self, params, grads, lr):
         self._grad([params, grads], [self.strength, self.p, self.eps])
 
+    def decoupled_pre_step_(self, params, lr):
+        self._decoupled([params], [lr * self.strength, self.p, self.eps])
+
     def elementwise_terms(self, lr):
-        return ElementwiseTerms(grad=_lp_grad_term, grad_scalars=(self.strength, self.p, self.eps))
+        if self.mode == "coupled":
+            return ElementwiseTerms(grad=_lp_grad_term, grad_scalars=(self.strength, self.p, self.eps))
+        return ElementwiseTerms(update=_lp_decoupled_update, update_scalars=(lr * self.strength, self.p, self.eps))
 
     def hparams(self):
         return {**super().hparams(), "lp_p": self.p, "lp_eps": self.eps}

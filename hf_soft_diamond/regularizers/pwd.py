@@ -62,8 +62,9 @@ class PWDRegularizer(Regularizer):
 
     name = "pwd"
     modes = ("decoupled",)
+    paper_mode = "decoupled"
 
-    def __init__(self, strength: float = 0.0, mode: str = "decoupled", p: float = 1.0, l2_strength: float = 0.0,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, p: float = 1.0, l2_strength: float = 0.0,
                  p_start: float = 2.0, p_schedule_steps: int = 0, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
         self.p = check_number("lp_p", p, low=0.0, high=2.0, low_open=True)

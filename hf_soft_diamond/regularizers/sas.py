@@ -79,7 +79,7 @@ class SaSRegularizer(Regularizer):
 
     name = "sas"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", alpha: float = 1.5, gamma: float = 0.5,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, alpha: float = 1.5, gamma: float = 0.5,
                  fused_backend: Backend = "auto", score_path: str = "fast") -> None:
         super().__init__(strength, mode, fused_backend)
         self.alpha = check_number("sas_alpha", alpha, low=0.0, high=2.0, low_open=True)

@@ -4,8 +4,10 @@
 the eigenvalues ``lambda_i = sigma_i(W)^2`` of ``W^T W`` of each regularized weight (a
 *layer* is one weight tensor; conventions, orientation, zero tolerance and log bases in
 :mod:`hf_soft_diamond.priors.spectral`). The objective gains ``strength * d(epoch) *
-sum_layers R_l`` (``strength`` is the paper's ``mu``); coupled mode only: ``strength *
-d * dR_l/dW`` is added to ``.grad`` once per optimizer step.
+sum_layers R_l`` (``strength`` is the paper's ``mu``). Coupled mode (the paper, SGD):
+``strength * d * dR_l/dW`` is added to ``.grad`` once per optimizer step; decoupled mode
+(the default under Adam-family optimizers): ``W <- W - lr * strength * d * dR_l/dW``
+just before the optimizer step, from the same gradient.
 
 Cost control. A full spectrum (batched ``eigh`` of the Gram matrices of same-shape
 layers, or SVD) is computed every ``refresh_every`` optimizer steps; in between a
@@ -105,7 +107,9 @@ class _SpectralRegularizer(Regularizer):
 
     Args:
         strength: ``mu >= 0``.
-        mode: only ``"coupled"``.
+        mode: ``"coupled"`` (the paper: ``mu * dR/dW`` added to the gradient) or ``"decoupled"``
+            (``W <- W - lr * mu * dR/dW`` before the step, for Adam-family optimizers);
+            ``None``: follow the optimizer.
         refresh_every: full spectrum every this many optimizer steps (>= 1; 1: exact every step;
             ``None``: the regularizer's entry of :data:`DEFAULT_REFRESH_EVERY`).
         conv_mode: ``"flatten"`` or ``"per_position"`` (conv kernels, see priors.spectral).
@@ -122,9 +126,7 @@ class _SpectralRegularizer(Regularizer):
         rtol: zero tolerance of eigenvalues (``None``: ``max(N, M) * eps(float32)``).
     """
 
-    modes = ("coupled",)
-
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", *, refresh_every: int | None = None,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, *, refresh_every: int | None = None,
                  conv_mode: str = "flatten", decay: str = "none", decay_k: float = 1.0, decay_epochs: float = 1.0,
                  threshold: float = 0.0, lower_threshold: float | None = None, threshold_scope: str = "layer",
                  steps_per_epoch: int = 0, power_iters: int = 1, method: str = "eigh", rtol: float | None = None,
@@ -270,6 +272,9 @@ class _SpectralRegularizer(Regularizer):
             if keep:
                 self._add_grad_(p, g, st, scale)
 
+    def decoupled_pre_step_(self, params: Sequence[Tensor], lr: float) -> None:
+        self.prior_gradient_step_(params, lr)
+
     def _gates(self, values: list[float]) -> list[bool]:
         t = self.lower_threshold
         if t is None:
@@ -339,7 +344,24 @@ class _SpectralRegularizer(Regularizer):
         super().load_state_dict(state)
         epoch = state.get("epoch")
         self._epoch = None if epoch is None else float(epoch)
-        self._states.clear()  # the surrogates are rebuilt at the next step
+        self._states.clear()  # refilled by load_param_state, else rebuilt at the next step
+
+    #: the fields of a layer's surrogate that an exact resume needs (the layout follows from the shape)
+    _PARAM_STATE_FIELDS = ("sigma", "u", "v", "refreshed_at", "frozen_grad", "alpha", "frozen_value", "value", "fro2")
+
+    def param_state(self, param: Tensor) -> dict[str, Any] | None:
+        """The layer's surrogate (power-iteration vectors, refresh step, frozen gradient and values)."""
+        st = self._states.get(id(param))
+        if st is None:
+            return None
+        return {name: getattr(st, name) for name in self._PARAM_STATE_FIELDS}
+
+    def load_param_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        def on_device(x: Any) -> Any:
+            return x.to(param.device) if isinstance(x, Tensor) else x
+
+        layout = self._layout(param)
+        self._states[id(param)] = _LayerState(layout=layout, **{k: on_device(state[k]) for k in self._PARAM_STATE_FIELDS})
 
     def forget_buffers(self) -> None:
         self._states.clear()
@@ -381,7 +403,7 @@ class WeightedAlphaRegularizer(_SpectralRegularizer):
 
     name = "weighted_alpha"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", hill_k: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, strength: float = 0.0, mode: str | None = None, hill_k: int | None = None, **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
         self.hill_k = None if hill_k in (None, 0) else _check_int("spectral_hill_k", hill_k, 1)
 
@@ -450,7 +472,7 @@ class PowerLawPriorRegularizer(_SpectralRegularizer):
 
     name = "powerlaw_prior"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", a: float = 2.0, lambda_min: float = 0.0,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, a: float = 2.0, lambda_min: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
         self.a = check_number("powerlaw_a", a, low=0.0, low_open=True)
@@ -493,7 +515,7 @@ class FrechetPriorRegularizer(_SpectralRegularizer):
 
     name = "frechet_prior"
 
-    def __init__(self, strength: float = 0.0, mode: str = "coupled", a: float = 2.0, s: float = 1.0, m: float = 0.0,
+    def __init__(self, strength: float = 0.0, mode: str | None = None, a: float = 2.0, s: float = 1.0, m: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
         self.a = check_number("frechet_a", a, low=0.0, low_open=True)
