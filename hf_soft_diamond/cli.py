@@ -5,6 +5,7 @@ Subcommands (each has ``--help``)::
     hf-soft-diamond train-translation CONFIG.json | --flag value ...
     hf-soft-diamond train-image       CONFIG.json | --flag value ...
     hf-soft-diamond compare --task translation --base_config C.json --arms ARMS.json --seeds 1 2 3 --output_dir D
+    hf-soft-diamond average RUN_DIR --last 5 --output_dir OUT [--dtype float16]   checkpoint averaging
     hf-soft-diamond card RUN_DIR [--model_name NAME]       (re)write RUN_DIR/README.md from all_results.json
     hf-soft-diamond table --alpha 0.5 1.0 1.5              prebuild SaS lookup tables into the cache
 """
@@ -32,6 +33,12 @@ def _train_image(argv: list[str]) -> None:
 
 def _compare(argv: list[str]) -> None:
     from .run.compare import main
+
+    main(argv)
+
+
+def _average(argv: list[str]) -> None:
+    from .run.average import main
 
     main(argv)
 
@@ -79,6 +86,7 @@ COMMANDS = {
     "train-translation": (_train_translation, "train a German-English translation model (run_translation style)"),
     "train-image": (_train_image, "train an image classifier (ViT / ResNet)"),
     "compare": (_compare, "run several regularizer settings x seeds and tabulate them"),
+    "average": (_average, "average the weights of a run's last checkpoints"),
     "card": (_card, "render a run's model card"),
     "table": (_table, "prebuild SaS lookup tables"),
     "export": (_export, "prune a run at its knee and write a compressed checkpoint"),

@@ -278,7 +278,11 @@ class SoftDiamondTrainerMixin:
         regularizer is on, see the arguments), ``sparsity`` (flat ``sparsity/...`` fractions).
         """
         handle = self.regularizer_handle
-        regularizer = handle.regularizer if handle is not None else self.args.build_regularizer()
+        if handle is not None:
+            regularizer = handle.regularizer
+        else:  # before training (or evaluation only): the mode the arguments' optimizer would give it
+            regularizer = self.args.build_regularizer()
+            regularizer.resolve_mode(self.args.optim if not self.args.reg_fused_optimizer else "adamw_torch")
         named = select_parameters(self.model, **self.args.selection_kwargs())
         selection = {"reg_include": self.args.reg_include, "reg_exclude": self.args.reg_exclude,
                      "reg_include_embeddings": self.args.reg_include_embeddings}
@@ -354,10 +358,38 @@ class SoftDiamondSeq2SeqTrainer(SoftDiamondTrainerMixin, Seq2SeqTrainer):
     """``transformers.Seq2SeqTrainer`` with a weight prior; arguments:
     :class:`~hf_soft_diamond.SoftDiamondSeq2SeqTrainingArguments`.
 
-    See :class:`SoftDiamondTrainerMixin` and the module docstring for what changes.
+    See :class:`SoftDiamondTrainerMixin` and the module docstring for what changes. With
+    ``max_tokens_per_batch`` the training batches are token-based
+    (:class:`~hf_soft_diamond.data.batching.TokenBudgetBatchSampler`, seeded by ``args.seed``
+    and the epoch, so resuming replays the uninterrupted run's batches).
     """
 
     _soft_diamond_args_class = SoftDiamondSeq2SeqTrainingArguments
+
+    def get_train_dataloader(self):
+        """The Trainer's dataloader, or token-budget batches when ``max_tokens_per_batch`` is set."""
+        budget = getattr(self.args, "max_tokens_per_batch", None)
+        if budget is None:
+            return super().get_train_dataloader()
+        import datasets as hf_datasets
+        from torch.utils.data import DataLoader
+
+        from .data.batching import TokenBudgetBatchSampler, example_lengths
+
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataset = self.train_dataset
+        if not isinstance(dataset, hf_datasets.Dataset):
+            raise ValueError("`max_tokens_per_batch` needs a `datasets.Dataset` with input_ids/labels columns.")
+        sampler = TokenBudgetBatchSampler(example_lengths(dataset), budget,
+                                          max_sentences=self.args.per_device_train_batch_size,
+                                          seed=self.args.data_seed if self.args.data_seed is not None
+                                          else self.args.seed)
+        dataset = self._remove_unused_columns(dataset, description="Training")
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+                            persistent_workers=self.args.dataloader_persistent_workers)
+        return self.accelerator.prepare(loader)
 
 
 __all__ = [

@@ -27,16 +27,13 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .fused import BACKENDS
 from .regularizers import available_regularizers, build_regularizer, get_regularizer_class
+from .regularizers import natural_mode as _natural_mode
+from .regularizers import optimizer_family
 from .regularizers.base import Regularizer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPARSITY_THRESHOLDS: tuple[float, ...] = (1e-8, 1e-3, 1e-2)
-
-#: ``reg_mode=None`` picks the regularizer's natural mode: the form its method is
-#: published in, which is the class default of its ``mode`` argument, except ``l2``:
-#: under the Trainer (AdamW by default) "weight decay" means AdamW's decoupled decay.
-NATURAL_MODES: dict[str, str] = {"l2": "decoupled"}
 
 #: Regularizer keyword argument -> argument field, per regularizer (the others get
 #: ``strength``, ``mode`` and ``fused_backend`` only, plus ``reg_kwargs``).
@@ -50,15 +47,15 @@ HYPERPARAMETER_FIELDS: dict[str, dict[str, str]] = {
 _ON_NONFINITE = ("raise", "warn")
 
 
-def natural_mode(regularizer: str) -> str:
-    """The mode ``reg_mode=None`` resolves to for ``regularizer`` (see :data:`NATURAL_MODES`)."""
-    if regularizer in NATURAL_MODES:
-        return NATURAL_MODES[regularizer]
-    cls = get_regularizer_class(regularizer)
-    default = inspect.signature(cls.__init__).parameters.get("mode")
-    if default is not None and default.default in cls.modes:
-        return default.default
-    return cls.modes[0]
+def natural_mode(regularizer: str, optim: Any = "adamw_torch") -> str:
+    """The mode ``reg_mode=None`` resolves to for ``regularizer`` under the Trainer's ``optim``.
+
+    SGD-family optimizers (``sgd``, schedule-free SGD, LOMO): the method's paper form
+    (coupled for ``sas``, ``l1``, ``l2``, ``lp`` and the spectral penalties); every other
+    optimizer (AdamW, the Trainer's default, Adafactor, RMSprop, Lion...): ``decoupled``.
+    ``pwd`` is decoupled only. See :mod:`hf_soft_diamond.regularizers.base`.
+    """
+    return _natural_mode(regularizer, optim)
 
 
 @dataclass
@@ -92,10 +89,13 @@ class SoftDiamondArgumentsMixin:
         reg_mode (`str` or `None`, *optional*, defaults to `None`):
             ``"coupled"`` (``lambda dR/dw`` added to the gradient before the optimizer step, after
             clipping) or ``"decoupled"`` (the regularizer moves the weights itself with the step's
-            scheduled learning rate, like AdamW's decay). ``None``: the regularizer's natural mode,
-            coupled for ``sas`` (the paper, SGD + momentum), ``l1``, ``lp`` and ``none``; decoupled
-            for ``pwd`` (its only form) and ``l2`` (AdamW's weight decay). ``lp`` and ``pwd`` have a
-            single mode; asking for the other raises.
+            scheduled learning rate, like AdamW's decay). ``None``: follow ``optim``: under
+            Adam-family optimizers (every ``adamw_*``/``adam*``, ``adafactor``, ``rmsprop``, ``lion``...,
+            and ``reg_fused_optimizer``) ``decoupled``, because Adam normalises a coupled prior's
+            gradient per coordinate (weights then move by ~lr per step whatever ``reg_strength``
+            is); under ``sgd`` the method's paper form (coupled for ``sas``, ``l1``, ``l2``, ``lp``
+            and the spectral penalties). ``pwd`` is decoupled only. An explicit ``coupled`` under
+            an Adam-family optimizer is honoured, with one logged warning.
         reg_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Extra keyword arguments of the regularizer's class, as a dict or a JSON string
             (e.g. ``'{"score_path": "table"}'`` for ``sas``, ``'{"refresh_every": 10}'`` for the
@@ -176,7 +176,8 @@ class SoftDiamondArgumentsMixin:
         "help": "Regularization strength lambda >= 0 (0: the regularizer does nothing)."})
     reg_mode: str | None = field(default=None, metadata={
         "help": "'coupled' (added to the gradient) or 'decoupled' (applied to the weights with the scheduled lr). "
-                "Default: the regularizer's natural mode (coupled for sas/l1/lp, decoupled for pwd/l2)."})
+                "Default: follow `optim`: decoupled under Adam-family optimizers (AdamW, Adafactor, ...), the "
+                "paper's coupled form under SGD (pwd: decoupled only)."})
     reg_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Extra keyword arguments of the regularizer class, as a JSON string, e.g. "
                 "'{\"score_path\": \"table\"}'."})
@@ -280,13 +281,23 @@ class SoftDiamondArgumentsMixin:
 
     # ------------------------------------------------------------------ building
     @property
+    def optimizer_family(self) -> str:
+        """``"sgd"`` or ``"adaptive"``: the family of the optimizer these arguments train with."""
+        if self.reg_fused_optimizer:
+            return "adaptive"  # RegularizedAdamW
+        return optimizer_family(getattr(self, "optim", "adamw_torch"))
+
+    @property
     def resolved_reg_mode(self) -> str:
-        """``reg_mode``, or the regularizer's natural mode when it is ``None``."""
-        return self.reg_mode if self.reg_mode is not None else natural_mode(self.regularizer)
+        """``reg_mode``, or the regularizer's natural mode under ``optim`` when it is ``None``."""
+        if self.reg_mode is not None:
+            return self.reg_mode
+        return get_regularizer_class(self.regularizer).natural_mode(self.optimizer_family)
 
     def regularizer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`hf_soft_diamond.build_regularizer` (besides the name) from the fields."""
-        kwargs: dict[str, Any] = {"strength": self.reg_strength, "mode": self.resolved_reg_mode,
+        # mode None: the regularizer takes its natural mode from the optimizer it is attached to
+        kwargs: dict[str, Any] = {"strength": self.reg_strength, "mode": self.reg_mode,
                                   "fused_backend": self.reg_fused_backend}
         for kwarg, attr in HYPERPARAMETER_FIELDS.get(self.regularizer, {}).items():
             kwargs[kwarg] = getattr(self, attr)
@@ -361,15 +372,34 @@ class SoftDiamondSeq2SeqTrainingArguments(SoftDiamondArgumentsMixin, Seq2SeqTrai
     ``transformers.Seq2SeqTrainingArguments`` plus the regularizer's fields, for
     :class:`~hf_soft_diamond.SoftDiamondSeq2SeqTrainer`.
 
-    The added fields are documented in :class:`SoftDiamondArgumentsMixin`; see
-    :class:`SoftDiamondTrainingArguments`.
+    The regularizer's fields are documented in :class:`SoftDiamondArgumentsMixin`; see
+    :class:`SoftDiamondTrainingArguments`. One more field, for sequence-to-sequence data:
+
+    Parameters:
+        max_tokens_per_batch (`int` or `None`, *optional*, defaults to `None`):
+            Token-based batching (fairseq's ``--max-tokens``): each training batch holds the
+            length-sorted examples that fit this many *padded* tokens per side and device
+            (``longest * n_sentences``), in shuffled batch order
+            (:class:`~hf_soft_diamond.data.batching.TokenBudgetBatchSampler`);
+            ``per_device_train_batch_size`` then caps the sentences per batch. ``None``: the
+            Trainer's sentence-count batches.
     """
+
+    max_tokens_per_batch: int | None = field(default=None, metadata={
+        "help": "Token-based batching: padded tokens per training batch and device (source or target side; "
+                "per_device_train_batch_size caps the sentences). Default: sentence-count batches."})
+
+    def __post_init__(self) -> None:
+        value = self.max_tokens_per_batch
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`max_tokens_per_batch` must be None (sentence batches) or an integer >= 1, "
+                             f"got {value!r}.")
+        super().__post_init__()
 
 
 __all__ = [
     "DEFAULT_SPARSITY_THRESHOLDS",
     "HYPERPARAMETER_FIELDS",
-    "NATURAL_MODES",
     "SoftDiamondArgumentsMixin",
     "SoftDiamondSeq2SeqTrainingArguments",
     "SoftDiamondTrainingArguments",

@@ -41,7 +41,8 @@ def _flags(config: dict) -> list[str]:
 def translation_config(output_dir: Path, **overrides) -> dict:
     config = {
         "dataset_name": "ding", "model_size": "tiny", "vocab_size": 1000, "output_dir": str(output_dir),
-        "do_train": True, "max_steps": 100, "per_device_train_batch_size": 32, "learning_rate": 3e-3,
+        "do_train": True, "do_predict": True, "max_steps": 100, "per_device_train_batch_size": 32,
+        "learning_rate": 3e-3,
         "warmup_steps": 10, "logging_steps": 10, "save_strategy": "no", "max_train_samples": 3000,
         "max_eval_samples": 24, "max_predict_samples": 48, "prune_eval_samples": 16, "prune_fractions": [0.0, 0.5],
         "num_beams": 1, "max_source_length": 40, "max_target_length": 40, "report_to": "none", "seed": 7,

@@ -33,7 +33,8 @@ def test_mro_and_fields(cls):
     base = Seq2SeqTrainingArguments if cls is SoftDiamondSeq2SeqTrainingArguments else TrainingArguments
     assert issubclass(cls, base) and issubclass(cls, SoftDiamondArgumentsMixin)
     names = [f.name for f in dataclasses.fields(cls)]
-    assert names[-len(MIXIN_FIELDS):] == MIXIN_FIELDS  # the Trainer's fields first, ours after
+    own = ["max_tokens_per_batch"] if cls is SoftDiamondSeq2SeqTrainingArguments else []
+    assert names[-len(MIXIN_FIELDS) - len(own):] == MIXIN_FIELDS + own  # the Trainer's fields first, ours after
     for f in dataclasses.fields(SoftDiamondArgumentsMixin):
         assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
         assert f.metadata.get("help"), f.name
@@ -84,13 +85,27 @@ def test_parse_from_json_file_and_round_trip(tmp_path):
     assert {k: getattr(again, k) for k in MIXIN_FIELDS} == {k: getattr(args, k) for k in MIXIN_FIELDS}
 
 
-@pytest.mark.parametrize("name, mode", [("none", "coupled"), ("l1", "coupled"), ("lp", "coupled"),
-                                        ("sas", "coupled"), ("pwd", "decoupled"), ("l2", "decoupled")])
-def test_natural_modes(name, mode):
-    assert natural_mode(name) == mode
-    args = make(regularizer=name, reg_strength=1e-3)
-    assert args.reg_mode is None and args.resolved_reg_mode == mode
-    assert args.build_regularizer().mode == mode
+# The paper form under SGD; decoupled under every Adam-family optimizer (pwd: decoupled only).
+SGD_MODES = {"none": "coupled", "l1": "coupled", "l2": "coupled", "lp": "coupled", "sas": "coupled",
+             "pwd": "decoupled", "weighted_alpha": "coupled", "stable_rank": "coupled",
+             "powerlaw_prior": "coupled", "frechet_prior": "coupled"}
+
+
+@pytest.mark.parametrize("name", sorted(SGD_MODES))
+@pytest.mark.parametrize("optim, family", [("sgd", "sgd"), ("adamw_torch", "adaptive"),
+                                           ("adamw_torch_fused", "adaptive"), ("adafactor", "adaptive"),
+                                           ("rmsprop", "adaptive"), ("schedule_free_sgd", "sgd")])
+def test_natural_mode_follows_the_optimizer(name, optim, family):
+    expected = SGD_MODES[name] if family == "sgd" else "decoupled"
+    assert natural_mode(name, optim) == expected
+    args = make(regularizer=name, reg_strength=1e-3, optim=optim)
+    assert args.reg_mode is None and args.optimizer_family == family and args.resolved_reg_mode == expected
+
+
+def test_fused_optimizer_resolves_to_decoupled():
+    args = make(regularizer="sas", reg_strength=1e-3, optim="adamw_torch", reg_fused_optimizer=True)
+    assert args.resolved_reg_mode == "decoupled"
+    assert make(regularizer="sas", reg_strength=1e-3, optim="sgd", reg_mode="coupled").resolved_reg_mode == "coupled"
 
 
 BAD = [
@@ -110,7 +125,6 @@ BAD = [
     ({"regularizer": "pwd", "pwd_p_schedule_steps": -1}, "`pwd_p_schedule_steps`"),
     ({"regularizer": "pwd", "pwd_l2_strength": -1.0}, "`pwd_l2_strength`"),
     ({"regularizer": "pwd", "reg_mode": "coupled"}, "`reg_mode`"),
-    ({"regularizer": "lp", "reg_mode": "decoupled"}, "`reg_mode`"),
     ({"regularizer": "sas", "reg_mode": "both"}, "`reg_mode`"),
     ({"sparsity_thresholds": [-1e-3]}, "`sparsity_thresholds`"),
     ({"sparsity_thresholds": [float("nan")]}, "`sparsity_thresholds`"),
@@ -148,7 +162,8 @@ def test_bad_values_raise_when_parsing_the_cli():
 
 def test_fields_of_other_regularizers_are_ignored():
     args = make(regularizer="l2", reg_strength=1e-2, sas_alpha=0.5, lp_p=0.3)
-    assert args.regularizer_kwargs() == {"strength": 1e-2, "mode": "decoupled", "fused_backend": "auto"}
+    # mode None: the regularizer takes its mode from the optimizer it is attached to
+    assert args.regularizer_kwargs() == {"strength": 1e-2, "mode": None, "fused_backend": "auto"}
 
 
 def test_weight_decay_with_a_regularizer_warns_and_points_at_l2_decoupled():

@@ -93,6 +93,7 @@ __all__ = [
     "find_libreoffice_help_root",
     "html_to_text",
     "is_complete_sentence",
+    "iter_translation_rows",
     "load_hub_translation_dataset",
     "load_offline_translation_corpus",
     "load_translation_files",
@@ -715,7 +716,13 @@ def load_hub_translation_dataset(
     )
 
 
-def _rows_from_file(path: Path, source_lang: str, target_lang: str) -> Iterator[dict[str, dict[str, str]]]:
+def iter_translation_rows(path: str | os.PathLike[str], source_lang: str,
+                          target_lang: str) -> Iterator[dict[str, dict[str, str]]]:
+    """The ``{"translation": {src: ..., tgt: ...}}`` rows of one data file (formats: :func:`load_translation_files`).
+
+    Raises ``ValueError`` naming the file and row for a row without both languages.
+    """
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         import csv
@@ -768,7 +775,7 @@ def load_translation_files(
     for split, file in files.items():
         if file is None:
             continue
-        rows = list(_rows_from_file(Path(file), source_lang, target_lang))
+        rows = list(iter_translation_rows(file, source_lang, target_lang))
         result[split] = datasets.Dataset.from_dict({"translation": [r["translation"] for r in rows]}, features=features)
     if not result:
         raise ValueError("give at least one of train_file, validation_file, test_file")

@@ -59,6 +59,10 @@ PAPERS: dict[str, tuple[str, str, str]] = {
 }
 SPECTRAL = {"weighted_alpha", "stable_rank", "powerlaw_prior", "frechet_prior"}
 
+#: Below this unpruned metric (BLEU points; accuracy in % for 10 classes: chance + 10) the
+#: prune curve's "sparsity within 1 point" is not a finding: there is nothing left to lose.
+MEANINGFUL_METRIC_FLOOR: dict[str, float] = {"translation": 5.0, "image-classification": 20.0}
+
 
 def _paper_key(name: str) -> str:
     if name in ("sas", "pwd"):
@@ -138,9 +142,18 @@ def render_model_card(
                         metric_name=f"sparsity {group} |w|<={t}",
                         metric_value=round(float(sparsity[group][t]), 6)))
 
+    curve = results.get("prune_curve") or []
     prune_rows = [{"fraction": f"{100 * float(p['fraction']):.0f}%", "metric": _fmt(float(p["metric"]))}
-                  for p in results.get("prune_curve") or []]
+                  for p in curve]
     at_loss = results.get("sparsity_at_1pt_loss")
+    unpruned = next((float(p["metric"]) for p in curve if float(p["fraction"]) == 0.0), None)
+    floor = MEANINGFUL_METRIC_FLOOR.get(task_type, 0.0)
+    prune_caveat = None
+    if at_loss is not None and unpruned is not None and unpruned < floor:
+        prune_caveat = (f"Not reported as a finding: the unpruned {task_metric_name} ({unpruned:.2f}) is within a few "
+                        f"points of {'zero' if task_type == 'translation' else 'chance'}, so staying within 1 point of "
+                        "it says nothing about how prunable a working model is.")
+        at_loss = None
 
     language = ["de", "en"] if task == "translation" else None
     card_data = ModelCardData(
@@ -156,7 +169,8 @@ def render_model_card(
         template_path=str(template_path),
         model_name=model_name,
         summary=summary or (f"A {'German-to-English translation' if task == 'translation' else 'image classification'}"
-                            f" model trained with the {title}."),
+                            f" model trained with the {title}"
+                            + (f" ({reg['reg_mode']} mode)." if reg.get("reg_mode") not in (None, "auto") else ".")),
         regularizer_title=title,
         regularizer_paper=paper,
         dataset_title=dataset_title,
@@ -168,6 +182,7 @@ def render_model_card(
         sparsity_rows=sparsity_rows,
         prune_rows=prune_rows,
         sparsity_at_loss=None if at_loss is None else f"{100 * float(at_loss):.0f}%",
+        prune_caveat=prune_caveat,
         plots=[{"path": str(p), "title": Path(p).stem.replace("_", " ")} for p in plots],
         regularizer_rows=[(k, _fmt(v, 6) if isinstance(v, float) else v) for k, v in reg.items()],
         training_rows=[(k, v) for k, v in training.items()],

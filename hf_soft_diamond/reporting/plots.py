@@ -1,9 +1,9 @@
 """Headless matplotlib figures saved as PNG next to a run's results.
 
 * :func:`plot_weight_histogram`: histogram of the regularized weights on a log-count
-  axis, with the prior family's density overlaid (SaS at the run's alpha for ``sas``,
-  Gaussian for ``l2``, Laplace for ``l1``/``pwd``/``lp``), its scale fitted to the weights
-  by maximum likelihood (the run's own prior, at its gamma, is drawn dashed for ``sas``).
+  axis, with the prior family overlaid as expected counts per bin (SaS at the run's alpha
+  for ``sas``, Gaussian for ``l2``, Laplace for ``l1``/``pwd``/``lp``), its scale fitted to
+  the weights by maximum likelihood (the run's own prior, at its gamma, dashed for ``sas``).
 * :func:`plot_prune_curves`: task metric against the pruned fraction, one line per run.
 * :func:`plot_layer_sparsity`: per-layer fraction of ``|w| <= tau`` as horizontal bars.
 * :func:`plot_spectrum_history`: per-layer Hill alpha over training steps.
@@ -91,6 +91,25 @@ def fitted_prior_density(regularizer: str, weights: np.ndarray, *, alpha: float 
     return FittedPrior(f"Laplace fit, b={b:.3g}", {"b": b}, lambda x: stats.laplace.pdf(x, scale=b))
 
 
+def expected_bin_counts(pdf: Callable[[np.ndarray], np.ndarray], edges: np.ndarray, n: int,
+                        points_per_bin: int = 64) -> np.ndarray:
+    """``n`` times each bin's probability under ``pdf`` (midpoint rule, ``points_per_bin`` per bin).
+
+    Each bin's probability is capped at 1 and the total at 1 (a density much narrower than a
+    bin is under-resolved by any quadrature; the cap keeps the curve on the data's scale).
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    offsets = (np.arange(points_per_bin) + 0.5) / points_per_bin
+    xs = lo + (hi - lo) * offsets[None, :]
+    dens = np.nan_to_num(np.asarray(pdf(xs.ravel()), dtype=np.float64).reshape(xs.shape), nan=0.0, posinf=0.0)
+    prob = np.minimum(dens.mean(axis=1) * (edges[1:] - edges[:-1]), 1.0)
+    total = prob.sum()
+    if total > 1.0:
+        prob = prob / total
+    return n * prob
+
+
 def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none",
                           hparams: Mapping[str, float] | None = None, bins: int = 201,
                           title: str | None = None) -> Path:
@@ -107,17 +126,20 @@ def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none
            label=f"weights (n={w.size:,})")
     alpha = hparams.get("sas_alpha") if regularizer == "sas" else None
     fit = fitted_prior_density(regularizer, w, alpha=alpha)
-    xs = np.linspace(-lim, lim, 801)
-    width = edges[1] - edges[0]
-    ax.plot(xs, np.maximum(w.size * width * fit.pdf(xs), 1e-1), color="#dd8452", lw=2, label=fit.label)
+    # overlays are expected counts per bin (n * probability of the bin), on the bars' scale:
+    # a point density times the bin width would spike for priors far narrower than a bin
+    ax.stairs(np.maximum(expected_bin_counts(fit.pdf, edges, w.size), 0.5), edges, color="#dd8452", lw=2,
+              label=fit.label, baseline=None)
     if regularizer == "sas" and alpha is not None and "sas_gamma" in hparams:
         from ..priors.sas import sas_log_pdf
 
-        run_pdf = np.exp(sas_log_pdf(torch.from_numpy(xs), alpha, float(hparams["sas_gamma"])).numpy())
-        ax.plot(xs, np.maximum(w.size * width * run_pdf, 1e-1), color="#55a868", lw=1.5, ls="--",
-                label=f"run prior, alpha={alpha:g}, gamma={hparams['sas_gamma']:g}")
+        gamma = float(hparams["sas_gamma"])
+        ax.stairs(np.maximum(expected_bin_counts(
+            lambda x: np.exp(sas_log_pdf(torch.from_numpy(np.asarray(x, np.float64)), alpha, gamma).numpy()),
+            edges, w.size), 0.5), edges, color="#55a868", lw=1.5, ls="--", baseline=None,
+            label=f"run prior, alpha={alpha:g}, gamma={gamma:g} (expected counts)")
     ax.set_yscale("log")
-    ax.set_ylim(bottom=0.5)
+    ax.set_ylim(bottom=0.5, top=2.0 * max(float(counts.max()), 1.0))
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
     zero = float(np.mean(np.abs(w) <= 1e-8))

@@ -10,11 +10,13 @@ the trained model and never changes it (pruning happens on the fly and is undone
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +51,38 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(tuple(dataclass_types))
+    empty_lists: set[str] = set()
     if argv and argv[0].endswith(".json"):
         config = json.loads(Path(argv[0]).read_text())
         known = {f for dt in dataclass_types for f in dt.__dataclass_fields__}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown keys in {argv[0]}: {unknown}")
+        empty_lists = {k for k, v in config.items() if isinstance(v, (list, tuple)) and not v}
         argv = _dict_to_flags(config) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    # a list flag given with no values (`--prune_fractions` alone) means the empty list, as `[]` in JSON
+    argv, bare = _pop_bare_list_flags(parser, argv)
+    empty_lists |= bare
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    for name in empty_lists:
+        for obj in parsed:
+            if name in getattr(type(obj), "__dataclass_fields__", {}):
+                setattr(obj, name, [])
+    return parsed
+
+
+def _pop_bare_list_flags(parser: HfArgumentParser, argv: list[str]) -> tuple[list[str], set[str]]:
+    """Remove list-valued flags that are followed by no value; return the rest and their names."""
+    list_dests = {action.dest for action in parser._actions if action.nargs in ("+", "*")}
+    kept: list[str] = []
+    bare: set[str] = set()
+    for i, token in enumerate(argv):
+        name = token[2:] if token.startswith("--") else None
+        if name in list_dests and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            bare.add(name)
+            continue
+        kept.append(token)
+    return kept, bare
 
 
 def _dict_to_flags(config: dict[str, Any]) -> list[str]:
@@ -72,6 +98,93 @@ def _dict_to_flags(config: dict[str, Any]) -> list[str]:
         else:
             flags += [f"--{key}", str(value)]
     return flags
+
+
+#: ``--resume_from_checkpoint`` values that mean "the newest checkpoint in output_dir, if any".
+RESUME_LATEST = ("last", "latest", "true", "auto")
+
+
+def resolve_resume_checkpoint(training_args: Any) -> str | None:
+    """The checkpoint folder to resume from, or ``None`` to start fresh.
+
+    ``--resume_from_checkpoint PATH`` resumes from PATH (which must exist);
+    ``--resume_from_checkpoint last`` (or ``latest``/``true``/``auto``) resumes from the newest
+    ``checkpoint-*`` in ``output_dir`` and starts fresh when there is none, so the same command
+    both starts a long run and continues it after an interruption.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "false")):
+        return None
+    if value is True or str(value).strip().lower() in RESUME_LATEST:
+        out = Path(training_args.output_dir)
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        logger.info("resume_from_checkpoint=%s: %s", value, f"resuming from {last}" if last else
+                    f"no checkpoint in {out}, starting fresh")
+        return last
+    if not Path(value).is_dir():
+        raise ValueError(f"`resume_from_checkpoint` {value!r} is not a checkpoint folder (or use 'last' for the "
+                         "newest checkpoint in output_dir).")
+    return str(value)
+
+
+def check_before_work(training_args: Any) -> None:
+    """Checks that can fail a run before any data is read or anything is written.
+
+    ``--push_to_hub``: a token must be available (``--hub_token``, ``HF_TOKEN`` or
+    ``hf auth login``), the Hub must not be switched off (``HF_HUB_OFFLINE``) and must
+    answer; otherwise the run stops now with what to do, instead of after training.
+    """
+    if not getattr(training_args, "push_to_hub", False):
+        return
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("`push_to_hub` is set but the Hub is switched off (HF_HUB_OFFLINE=1): unset it, or drop "
+                         "--push_to_hub and upload the output folder later with `hf upload REPO OUTPUT_DIR`.")
+    token = training_args.hub_token or huggingface_hub.get_token()
+    if not token:
+        raise ValueError("`push_to_hub` needs a Hugging Face token with write access: run `hf auth login`, set "
+                         "HF_TOKEN, or pass --hub_token; or drop --push_to_hub.")
+    try:
+        huggingface_hub.HfApi().whoami(token=token)
+    except Exception as err:  # network errors, bad token: one line instead of a 100-line traceback later
+        raise ValueError(f"`push_to_hub`: the Hub at {constants.ENDPOINT} did not accept the token or could not be "
+                         f"reached ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the "
+                         "connection and the token, or drop --push_to_hub and upload the output folder later.") from None
+
+
+@contextlib.contextmanager
+def run_output_dir(training_args: Any) -> Iterator[None]:
+    """Leave nothing half-written in ``output_dir`` when the run fails.
+
+    On an exception (Ctrl-C included) the main process removes what the run added at the
+    top level of ``output_dir``, except complete ``checkpoint-*`` folders (they let
+    ``--resume_from_checkpoint last`` continue); the folder itself goes when the run
+    created it and nothing is left. Entries that existed before the run are never touched.
+    """
+    out = Path(training_args.output_dir)
+    existed = out.exists()
+    before = {p.name for p in out.iterdir()} if existed else set()
+    try:
+        yield
+    except BaseException:
+        if getattr(training_args, "process_index", 0) == 0 and out.is_dir():
+            for entry in out.iterdir():
+                if entry.name in before or _is_complete_checkpoint(entry):
+                    continue
+                logger.warning("run failed: removing %s", entry)
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    """A ``checkpoint-N`` folder the Trainer finished writing (its trainer_state.json is written last)."""
+    return path.is_dir() and path.name.startswith("checkpoint-") and (path / "trainer_state.json").is_file()
 
 
 def train_and_evaluate(trainer: Any, training_args: Any, *, has_validation: bool) -> dict[str, Any]:
@@ -94,15 +207,23 @@ def train_and_evaluate(trainer: Any, training_args: Any, *, has_validation: bool
 def training_summary(trainer: Any, training_args: Any, **extra: Any) -> dict[str, Any]:
     """The recipe as results and cards show it (optimizer, schedule, batch, steps, seed, device) plus ``extra``."""
     return {
-        "optimizer": str(training_args.optim), "optim_args": training_args.optim_args,
-        "learning_rate": training_args.learning_rate, "lr_scheduler": str(training_args.lr_scheduler_type),
+        "optimizer": _plain(training_args.optim), "optim_args": training_args.optim_args,
+        "learning_rate": training_args.learning_rate, "lr_scheduler": _plain(training_args.lr_scheduler_type),
         "warmup_steps": training_args.warmup_steps, "weight_decay": training_args.weight_decay,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
         "world_size": training_args.world_size, "max_steps": trainer.state.max_steps,
         "epochs": round(float(trainer.state.epoch or 0), 3), "seed": training_args.seed,
-        "device": str(training_args.device), **extra,
+        "device": str(training_args.device),
+        **{k: getattr(training_args, k) for k in ("label_smoothing_factor", "max_tokens_per_batch")
+           if getattr(training_args, k, None)},
+        **extra,
     }
+
+
+def _plain(value: Any) -> str:
+    """An enum's value (``OptimizerNames.ADAMW_TORCH_FUSED`` -> ``adamw_torch_fused``), else ``str``."""
+    return str(getattr(value, "value", value))
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -22,6 +22,7 @@ Runs unchanged under ``accelerate launch`` and ``torchrun``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,6 +38,8 @@ import transformers
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
 
 from ..data.translation import (
+    OFFLINE_CORPORA,
+    iter_translation_rows,
     load_hub_translation_dataset,
     load_offline_translation_corpus,
     load_translation_files,
@@ -47,13 +50,12 @@ from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_tran
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondSeq2SeqTrainer
 from ..training_args import SoftDiamondSeq2SeqTrainingArguments
-from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, final_split_and_prefix, finish_run, parse_config,
-                     train_and_evaluate, training_summary,
+from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, check_before_work, final_split_and_prefix, finish_run,
+                     parse_config, resolve_resume_checkpoint, run_output_dir, train_and_evaluate, training_summary,
                      write_json)
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_CORPORA = ("ding", "libreoffice", "ding+libreoffice")
 
 
 @dataclass
@@ -67,6 +69,9 @@ class ModelArguments:
         "help": f"Named size of the config-built Marian model: {', '.join(TRANSLATION_MODEL_SIZES)} "
                 "(iwslt = 6+6 layers, d_model 512, FFN 1024, 4 heads, shared embeddings)."})
     dropout: float | None = field(default=None, metadata={"help": "Override the size's dropout."})
+    model_config_overrides: dict | str | None = field(default=None, metadata={
+        "help": "MarianConfig fields that replace the size's values, as JSON, e.g. "
+                "'{\"encoder_layers\": 3, \"encoder_ffn_dim\": 1024}' (config-built models only)."})
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary of the tokenizer trained on the train split."})
     tokenizer_algorithm: str = field(default="bpe", metadata={"help": "bpe (byte-level, lossless) or unigram."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
@@ -80,14 +85,27 @@ class ModelArguments:
             raise ValueError(f"`vocab_size` must be >= 300 (byte-level BPE needs 256 + specials), got {self.vocab_size}.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}.")
+        if isinstance(self.model_config_overrides, str):
+            try:
+                self.model_config_overrides = json.loads(self.model_config_overrides)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"`model_config_overrides` must be a JSON object, got "
+                                 f"{self.model_config_overrides!r}: {err}") from None
+        if self.model_config_overrides is not None:
+            if not isinstance(self.model_config_overrides, dict):
+                raise ValueError(f"`model_config_overrides` must be a JSON object, got {self.model_config_overrides!r}.")
+            if self.model_name_or_path is not None:
+                raise ValueError("`model_config_overrides` applies to config-built models only; it cannot change "
+                                 f"the pretrained `model_name_or_path` {self.model_name_or_path!r}.")
 
 
 @dataclass
 class DataTrainingArguments:
     """Which data to train and evaluate on."""
 
-    dataset_name: str | None = field(default="ding", metadata={
-        "help": f"Offline corpus ({', '.join(OFFLINE_CORPORA)}) or a Hub dataset (iwslt2017, wmt14, wmt16)."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": f"Offline corpus ({', '.join(OFFLINE_CORPORA)}) or a Hub dataset (iwslt2017, wmt14, wmt16). "
+                "Default: 'ding' when no --train_file/--validation_file/--test_file is given."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub config, e.g. iwslt2017-de-en."})
     train_file: str | None = field(default=None, metadata={"help": "json/jsonl/csv/tsv training file."})
     validation_file: str | None = field(default=None, metadata={"help": "json/jsonl/csv/tsv validation file."})
@@ -104,13 +122,16 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
     prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
         "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: "
-                "no curve)."})
+                "`--prune_fractions` alone or [] in JSON: no curve)."})
     final_split: str = field(default="test", metadata={
-        "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
-                "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
+        "help": "Split of the final evaluation (--do_predict) and the prune curve: 'test' or 'validation' "
+                "(hyperparameter tuning: the test split is never read; metrics are eval_*)."})
     prune_eval_samples: int = field(default=200, metadata={
         "help": "Sentences of the final split translated at each prune fraction (each point is one generation "
                 "pass)."})
+    evaluate_before_training: bool = field(default=False, metadata={
+        "help": "With --do_train and --do_predict: also translate the final split with the starting model, so "
+                "the run reports starting -> trained BLEU (e.g. a pretrained translator before fine-tuning)."})
     spectrum_every: int = field(default=0, metadata={
         "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
                 "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
@@ -121,8 +142,6 @@ class DataTrainingArguments:
             raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
         if self.spectrum_every < 0:
             raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
-        if not (self.dataset_name or self.train_file):
-            raise ValueError("give `dataset_name` (offline corpus or Hub dataset) or `train_file`.")
         if self.num_beams < 1:
             raise ValueError(f"`num_beams` must be >= 1, got {self.num_beams}.")
         for name in ("max_source_length", "max_target_length", "prune_eval_samples"):
@@ -131,15 +150,51 @@ class DataTrainingArguments:
         for f in self.prune_fractions:
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"`prune_fractions` must lie in [0, 1), got {f}.")
-        for name in ("train_file", "validation_file", "test_file"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).exists():
-                raise ValueError(f"`{name}` {path!r} does not exist.")
+        if self.uses_files:
+            for name in ("train_file", "validation_file", "test_file"):
+                path = getattr(self, name)
+                if path is not None:
+                    check_translation_file(name, path, self.source_lang, self.target_lang)
+            if self.dataset_name is not None:
+                raise ValueError(f"give either data files (--train_file/--validation_file/--test_file) or "
+                                 f"`dataset_name` ({self.dataset_name!r}), not both.")
+        elif self.dataset_name is None:
+            self.dataset_name = "ding"
+
+    @property
+    def uses_files(self) -> bool:
+        """Whether the data come from --train_file/--validation_file/--test_file (never a corpus)."""
+        return any(getattr(self, n) is not None for n in ("train_file", "validation_file", "test_file"))
+
+    @property
+    def dataset_label(self) -> str:
+        """How results and cards name the data: the corpus/Hub name, or the files' common stem."""
+        if not self.uses_files:
+            return str(self.dataset_name)
+        files = [Path(f) for f in (self.train_file, self.validation_file, self.test_file) if f]
+        return files[0].parent.name if len({f.parent for f in files}) == 1 and len(files) > 1 else files[0].stem
+
+
+def check_translation_file(name: str, path: str, source_lang: str, target_lang: str) -> None:
+    """Fail now, naming the argument, when a data file is missing, empty or lacks the language fields."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"`{name}` {path!r} does not exist.")
+    try:
+        first = next(iter_translation_rows(file, source_lang, target_lang), None)
+    except (ValueError, KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"`{name}` {path!r} is not a {source_lang}-{target_lang} translation file: {err}") from None
+    if first is None:
+        raise ValueError(f"`{name}` {path!r} holds no {source_lang}-{target_lang} pairs (empty file).")
 
 
 def load_raw_datasets(data: DataTrainingArguments, model_args: ModelArguments) -> datasets.DatasetDict:
-    """The raw ``{"translation": {src, tgt}}`` splits chosen by the data arguments."""
-    if data.train_file:
+    """The raw ``{"translation": {src, tgt}}`` splits chosen by the data arguments.
+
+    Files, when any is given (only the given files become splits; never a fallback to a
+    corpus); otherwise an offline corpus or a Hub dataset by ``dataset_name``.
+    """
+    if data.uses_files:
         return load_translation_files(data.train_file, data.validation_file, data.test_file,
                                       source_lang=data.source_lang, target_lang=data.target_lang)
     if data.dataset_name in OFFLINE_CORPORA:
@@ -148,8 +203,65 @@ def load_raw_datasets(data: DataTrainingArguments, model_args: ModelArguments) -
     return load_hub_translation_dataset(data.dataset_name, data.dataset_config_name, cache_dir=model_args.cache_dir)
 
 
+def required_splits(data: DataTrainingArguments, training_args: Any) -> dict[str, str]:
+    """The splits this run reads, each with the flag that needs it."""
+    needed: dict[str, str] = {}
+    if training_args.do_train:
+        needed["train"] = "--do_train"
+    if training_args.do_eval:
+        needed["validation"] = "--do_eval (or an eval_strategy)"
+    if training_args.do_predict:
+        needed["validation" if data.final_split == "validation" else "test"] = (
+            f"--do_predict with --final_split {data.final_split}")
+    return needed
+
+
+def check_splits(raw: datasets.DatasetDict, data: DataTrainingArguments, training_args: Any) -> None:
+    """A clear error when a split the run needs is missing or empty."""
+    source = ("the given files" if data.uses_files else f"dataset {data.dataset_name!r}")
+    for split, why in required_splits(data, training_args).items():
+        if split not in raw:
+            hint = {"train": "--train_file", "validation": "--validation_file", "test": "--test_file"}[split]
+            raise ValueError(f"{why} needs a {split} split, which {source} does not have (give {hint}).")
+        if len(raw[split]) == 0:
+            raise ValueError(f"the {split} split of {source} is empty, but {why} needs it.")
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise ValueError("nothing to do: give --do_train, --do_eval and/or --do_predict.")
+
+
 def _truncate(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds if n is None else ds.select(range(min(n, len(ds))))
+
+
+def _warn_truncation(split: str, n_rows: int, cut_sources: int, cut_targets: int, data: DataTrainingArguments) -> None:
+    for side, cut, limit in (("sources", cut_sources, data.max_source_length),
+                             ("targets", cut_targets, data.max_target_length)):
+        if n_rows and cut / n_rows > 0.01:
+            logger.warning("%s: %d of %d %s (%.1f%%) are longer than %d tokens and were truncated; raise "
+                           "--max_%s_length if that matters.", split, cut, n_rows, side, 100 * cut / n_rows, limit,
+                           "source" if side == "sources" else "target")
+
+
+def length_sorted(ds: datasets.Dataset) -> tuple[datasets.Dataset, np.ndarray]:
+    """``ds`` sorted by source length (longest first: padding and batch shapes shrink as
+    generation goes) and the order, so that ``out[order[i]] = sorted_out[i]`` restores it."""
+    order = np.argsort([-len(ids) for ids in ds["input_ids"]], kind="stable")
+    return ds.select(order), order
+
+
+def predict_in_order(trainer: Any, ds: datasets.Dataset, metric_key_prefix: str) -> tuple[Any, np.ndarray]:
+    """``trainer.predict`` on ``ds`` sorted by length; the output and the predictions in ``ds``'s order.
+
+    Several processes pad the last batches (accelerate repeats examples so every process gets
+    a full batch); the gathered predictions are cut back to ``len(ds)`` before unsorting.
+    """
+    sorted_ds, order = length_sorted(ds)
+    out = trainer.predict(sorted_ds, metric_key_prefix=metric_key_prefix)
+    preds = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    preds = np.asarray(preds)[: len(ds)]
+    restored = np.empty_like(preds)
+    restored[order] = preds
+    return out, restored
 
 
 #: The argument dataclasses of this script, in parsing order.
@@ -164,18 +276,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     start = time.perf_counter()
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
+    check_before_work(training_args)
 
     with training_args.main_process_first(desc="loading data"):
         raw = load_raw_datasets(data_args, model_args)
-    if "train" not in raw:
-        raise ValueError("the data has no train split")
+    check_splits(raw, data_args, training_args)
     src, tgt = data_args.source_lang, data_args.target_lang
 
+    with run_output_dir(training_args):
+        return _run(model_args, data_args, training_args, raw, start)
+
+
+def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: Any,
+         raw: datasets.DatasetDict, start: float) -> dict[str, Any]:
+    src, tgt = data_args.source_lang, data_args.target_lang
     # ------------------------------------------------------------------ model + tokenizer
     if model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
         model = load_translation_model(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     else:
+        if "train" not in raw:
+            raise ValueError("a config-built model (no --model_name_or_path) needs a train split for its tokenizer.")
         tok_dir = Path(training_args.output_dir) / "tokenizer"
         with training_args.main_process_first(desc="training the tokenizer"):
             # a resumed run keeps its tokenizer (the checkpoint's ids depend on it); a new run trains its own
@@ -185,7 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             algorithm=model_args.tokenizer_algorithm, languages=(src, tgt),
                                             output_dir=tok_dir)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        overrides = {} if model_args.dropout is None else {"dropout": model_args.dropout}
+        overrides = dict(model_args.model_config_overrides or {})
+        if model_args.dropout is not None:
+            overrides["dropout"] = model_args.dropout
         model = build_translation_model(model_args.model_size, tokenizer, seed=training_args.seed,
                                         max_length=data_args.max_target_length, **overrides)
     model.generation_config.num_beams = data_args.num_beams
@@ -195,19 +319,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def preprocess(batch: dict[str, list]) -> dict[str, list]:
         sources = [data_args.source_prefix + ex[src] for ex in batch["translation"]]
         targets = [ex[tgt] for ex in batch["translation"]]
-        enc = tokenizer(sources, text_target=targets, max_length=data_args.max_source_length, truncation=True)
-        enc["labels"] = [ids[: data_args.max_target_length] for ids in enc["labels"]]
+        enc = tokenizer(sources, max_length=data_args.max_source_length, truncation=True)
+        enc["labels"] = tokenizer(text_target=targets, max_length=data_args.max_target_length,
+                                  truncation=True)["input_ids"]
+        full_src = tokenizer(sources)["input_ids"]
+        full_tgt = tokenizer(text_target=targets)["input_ids"]
+        enc["source_cut"] = [len(ids) > data_args.max_source_length for ids in full_src]
+        enc["target_cut"] = [len(ids) > data_args.max_target_length for ids in full_tgt]
         return enc
 
-    splits = {"train": _truncate(raw["train"].shuffle(seed=training_args.seed), data_args.max_train_samples)}
+    splits: dict[str, datasets.Dataset] = {}
+    if "train" in raw and training_args.do_train:
+        splits["train"] = _truncate(raw["train"].shuffle(seed=training_args.seed), data_args.max_train_samples)
     if "validation" in raw:
         splits["validation"] = _truncate(raw["validation"], data_args.max_eval_samples)
-    if "test" in raw:
+    if "test" in raw and data_args.final_split == "test":
         splits["test"] = _truncate(raw["test"], data_args.max_predict_samples)
     with training_args.main_process_first(desc="tokenizing"):
-        tokenized = {name: ds.map(preprocess, batched=True, remove_columns=ds.column_names,
-                                  num_proc=data_args.preprocessing_num_workers, desc=f"tokenizing {name}")
-                     for name, ds in splits.items()}
+        tokenized = {}
+        for name, ds in splits.items():
+            enc = ds.map(preprocess, batched=True, remove_columns=ds.column_names,
+                         num_proc=data_args.preprocessing_num_workers, desc=f"tokenizing {name}")
+            _warn_truncation(name, len(enc), sum(enc["source_cut"]), sum(enc["target_cut"]), data_args)
+            tokenized[name] = enc.remove_columns(["source_cut", "target_cut"])
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         preds, labels = eval_pred
@@ -222,11 +356,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training_args.predict_with_generate = True
     training_args.generation_num_beams = data_args.num_beams
     training_args.generation_max_length = data_args.max_target_length
+    validation = tokenized.get("validation")
     trainer = SoftDiamondSeq2SeqTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"] if training_args.do_train else None,
-        eval_dataset=tokenized.get("validation"),
+        # generation during training evaluates length-sorted batches (the metric does not depend on order)
+        eval_dataset=length_sorted(validation)[0] if validation is not None else None,
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=compute_metrics,
@@ -238,53 +374,112 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_split, prefix = final_split_and_prefix(data_args.final_split, list(tokenized))
     results: dict[str, Any] = {
         "task": "translation",
-        "dataset_name": data_args.dataset_name if not data_args.train_file else Path(data_args.train_file).stem,
+        "dataset_name": data_args.dataset_label,
         "dataset_config_name": data_args.dataset_config_name,
         "dataset_split": eval_split,
         "language_pair": f"{src}-{tgt}",
         "model": model_args.model_name_or_path or f"marian-{model_args.model_size} (config-built)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
+    predict = training_args.do_predict
+    refs = [ex[tgt] for ex in splits[eval_split]["translation"]] if predict else []
+    if predict:
+        results[f"{prefix}_samples"] = len(refs)
+
+    def translate(metric_key_prefix: str) -> tuple[dict[str, Any], list[str]]:
+        out, preds = predict_in_order(trainer, tokenized[eval_split], metric_key_prefix)
+        preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
+        hyps = [h.strip() for h in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        scores = compute_bleu(hyps, refs)  # against the raw references, not the tokenized-and-decoded ones
+        metrics = {k: v for k, v in out.metrics.items() if not k.endswith(("_bleu", "_chrf"))}
+        metrics.update({f"{metric_key_prefix}_bleu": scores["bleu"], f"{metric_key_prefix}_chrf": scores["chrf"],
+                        f"{metric_key_prefix}_bleu_signature": scores["bleu_signature"],
+                        f"{metric_key_prefix}_chrf_signature": scores["chrf_signature"]})
+        return metrics, hyps
+
+    if predict and training_args.do_train and data_args.evaluate_before_training:
+        before, _ = translate("before")
+        results.update({k: v for k, v in before.items() if k.startswith("before_")})
+
     # the final evaluation below reads the validation split itself when tuning
     results.update(train_and_evaluate(trainer, training_args,
-                                      has_validation="validation" in tokenized and eval_split != "validation"))
+                                      has_validation=(training_args.do_eval and "validation" in tokenized
+                                                      and not (predict and eval_split == "validation"))))
+    hyps: list[str] = []
+    if predict:
+        metrics, hyps = translate(prefix)
+        results.update(metrics)
+        if trainer.is_world_process_zero():
+            Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(training_args.output_dir) / "generated_predictions.txt").write_text("\n".join(hyps) + "\n")
 
-    pred = trainer.predict(tokenized[eval_split], metric_key_prefix=prefix)
-    results.update(pred.metrics)
-    preds = np.where(pred.predictions < 0, tokenizer.pad_token_id, pred.predictions)
-    hyps = [h.strip() for h in tokenizer.batch_decode(preds, skip_special_tokens=True)]
-    refs = [ex[tgt] for ex in splits[eval_split]["translation"]]
-    bleu = compute_bleu(hyps, refs)  # against the raw references, not the tokenized-and-decoded ones
-    results.update({f"{prefix}_bleu": bleu["bleu"], f"{prefix}_chrf": bleu["chrf"],
-                    f"{prefix}_bleu_signature": bleu["bleu_signature"],
-                    f"{prefix}_chrf_signature": bleu["chrf_signature"]})
-    if trainer.is_world_process_zero():
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(training_args.output_dir) / "generated_predictions.txt").write_text("\n".join(hyps) + "\n")
-
-    prune_subset = tokenized[eval_split].select(range(min(data_args.prune_eval_samples, len(tokenized[eval_split]))))
+    prune_subset = tokenized[eval_split].select(range(min(data_args.prune_eval_samples, len(tokenized[eval_split])))) \
+        if predict else None
 
     def bleu_of(m: torch.nn.Module) -> float:
-        out = trainer.predict(prune_subset, metric_key_prefix="prune")
-        return float(out.metrics["prune_bleu"])
+        out, preds = predict_in_order(trainer, prune_subset, "prune")
+        preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
+        sub_refs = refs[: len(prune_subset)]
+        return compute_bleu(tokenizer.batch_decode(preds, skip_special_tokens=True), sub_refs)["bleu"]
 
     report = trainer.regularizer_report()
     results["training"] = training_summary(trainer, training_args, num_beams=data_args.num_beams)
     results = finish_run(
         model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
         results=results, output_dir=training_args.output_dir, metric_key=f"{prefix}_bleu", metric_name="BLEU",
-        evaluate_fn=bleu_of, prune_fractions=data_args.prune_fractions if data_args.prune_fractions else (),
+        evaluate_fn=bleu_of if predict else None,
+        prune_fractions=data_args.prune_fractions if (predict and data_args.prune_fractions) else (),
         thresholds=training_args.sparsity_thresholds, is_main_process=trainer.is_world_process_zero(),
     )
     results["wall_time_s"] = time.perf_counter() - start
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "all_results.json", results)
-        logger.info("%s BLEU %.2f (%s); sparsity %s", eval_split, results[f"{prefix}_bleu"],
-                    results[f"{prefix}_bleu_signature"],
-                    results["sparsity"].get("regularized"))
+        if predict:
+            examples = [(splits[eval_split][i]["translation"][src], hyps[i], refs[i])
+                        for i in example_indices(refs, 3)]
+            print(translation_summary(results, prefix, examples, training_args.output_dir), flush=True)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
     return results
+
+
+def example_indices(references: list[str], n: int) -> list[int]:
+    """``n`` example rows spread over the split, preferring sentences of 5 to 20 words."""
+    fitting = [i for i, r in enumerate(references) if 5 <= len(r.split()) <= 20] or list(range(len(references)))
+    if not fitting:
+        return []
+    step = max(1, len(fitting) // n)
+    return fitting[::step][:n]
+
+
+def translation_summary(results: dict[str, Any], prefix: str, examples: list[tuple[str, str, str]],
+                        output_dir: str) -> str:
+    """The lines a person reads at the end of a run: BLEU (before -> after), sparsity, prune curve, examples."""
+    split = results.get("dataset_split", prefix)
+    bleu, chrf = results[f"{prefix}_bleu"], results[f"{prefix}_chrf"]
+    lines = ["", "=" * 78, f"{results.get('dataset_name')} {split} ({results.get(f'{prefix}_samples', '?')} "
+             f"sentences), sacreBLEU 13a, beam {results.get('training', {}).get('num_beams', '?')}:"]
+    if "before_bleu" in results:
+        lines.append(f"  BLEU {results['before_bleu']:.2f} -> {bleu:.2f}   chrF {results['before_chrf']:.2f} -> "
+                     f"{chrf:.2f}   (starting model -> trained)")
+    else:
+        lines.append(f"  BLEU {bleu:.2f}   chrF {chrf:.2f}")
+    reg = results.get("regularizer", {})
+    sparsity = results.get("sparsity", {}).get("regularized", {})
+    numel = results.get("sparsity_numel", {}).get("regularized")
+    lines.append(f"  regularizer {reg.get('regularizer')} ({reg.get('reg_mode')}, strength {reg.get('reg_strength')})"
+                 f"; |w| <= tau among {numel:,} regularized weights: "
+                 + ", ".join(f"{tau}: {100 * frac:.1f}%" for tau, frac in sparsity.items()) if numel else "")
+    curve = results.get("prune_curve")
+    if curve:
+        lines.append("  prune curve (fraction pruned: BLEU): "
+                     + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
+    for source, hypothesis, reference in examples:
+        lines += [f"  DE  {source}", f"  MT  {hypothesis}", f"  REF {reference}"]
+    lines.append(f"  outputs: {Path(output_dir).resolve()} (model, README.md card, all_results.json, "
+                 "generated_predictions.txt, plots/)")
+    lines.append("=" * 78)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
