@@ -581,10 +581,22 @@ def build_evaluator(task: str, data_args: Mapping[str, Any], split: str, *, toke
     generations (its generation config: beams and max length as the run set them) against
     the raw references; images: top-1 accuracy in % with the run's evaluation transform.
     """
+    try:
+        if task == "translation":
+            loaded: Any = load_translation_eval_data(data_args, split)
+        else:
+            loaded = load_image_eval_data(data_args, split)
+    except ExportError:
+        raise
+    except Exception as err:
+        raise ExportError(
+            f"could not load the verification data (dataset_name={data_args.get('dataset_name')!r}, split {split!r}): "
+            f"{type(err).__name__}: {err}. Pass the run's data with --run_config or --dataset_name / "
+            "--validation_file / --validation_dir, or skip the check with --no_verify") from err
     if task == "translation":
         from .metrics import compute_bleu
 
-        sources, references = load_translation_eval_data(data_args, split)
+        sources, references = loaded
         info: dict[str, Any] = {"sources": sources, "references": references}
 
         def evaluate(m: torch.nn.Module) -> float:
@@ -596,7 +608,7 @@ def build_evaluator(task: str, data_args: Mapping[str, Any], split: str, *, toke
             return float(scores["bleu"])
 
         return Evaluator(evaluate, len(sources), "bleu", None, info)
-    dataset, preprocessing = load_image_eval_data(data_args, split)
+    dataset, preprocessing = loaded
     return Evaluator(lambda m: image_accuracy(m, dataset, batch_size=batch_size or 256), len(dataset), "accuracy",
                      preprocessing, {"dataset": dataset})
 
@@ -1008,8 +1020,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     overrides = {k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None}
     print(f"export: {plan.run_dir} -> {plan.out_dir}: prune {plan.prune} -> fraction {plan.fraction:g}", flush=True)
-    manifest = export_run(plan, data_overrides=overrides, batch_size=args.batch_size,
-                          log=lambda msg: print(msg, flush=True))
+    try:
+        manifest = export_run(plan, data_overrides=overrides, batch_size=args.batch_size,
+                              log=lambda msg: print(msg, flush=True))
+    except ExportError as err:
+        ap.error(str(err))
     ver = manifest.get("verification")
     sizes = manifest["size_bytes"]
     print(f"wrote {plan.out_dir} ({manifest['format']}, weights {_fmt_bytes(sizes['exported'])} vs dense float32 "

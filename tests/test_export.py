@@ -331,6 +331,16 @@ def test_bad_inputs_fail_before_any_work_naming_the_argument(tmp_path, monkeypat
         assert not out.exists()
 
 
+def test_verification_data_that_cannot_be_found_is_named_with_the_way_out(tmp_path, capsys):
+    run = marian_run(tmp_path, dataset_name="my_corpus_train")  # a --train_file run records the file's stem
+    with pytest.raises(SystemExit) as err:
+        cli.main(["export", str(run), str(tmp_path / "out"), "--prune", "0.5"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "my_corpus_train" in message and "--validation_file" in message and "--no_verify" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_a_failing_export_leaves_no_half_written_out_dir(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run", tiny_resnet(), image_results())
 
