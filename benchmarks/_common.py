@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 from transformers import MarianConfig, MarianMTModel
 
-
 #: The per-step target's settings (issue 2: the SaS score and pWD against AdamW's decay):
 #: ``(label, registry name, mode, hyperparameters)``; each script sets its own strength.
 TARGET_PRIORS: list[tuple[str, str, str, dict[str, float]]] = [

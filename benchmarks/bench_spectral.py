@@ -157,17 +157,20 @@ def main() -> None:
         model_est = (iso[name][1] + iso[name][0] / R) / base_med
         rows.append((name, R, base_med, statistics.median(other), statistics.median(refresh_steps), amort, model_est,
                      max(val_err), min(grad_cos), max(grad_err)))
-        print(f"{name:16s} R={R} base median {base_med:.3f} s | reg median {statistics.median(other):.3f} s, refresh step "
+        print(f"{name:16s} R={R} base median {base_med:.3f} s | "
+              f"reg median {statistics.median(other):.3f} s, refresh step "
               f"{statistics.median(refresh_steps):.3f} s | amortized overhead {100 * amort:5.1f}% "
               f"(median model {100 * model_est:4.1f}%) | value rel err max {max(val_err):.2e} | "
               f"grad cos min {min(grad_cos):.4f}, rel err max {max(grad_err):.2e}")
 
-    print("\n| regularizer | refresh_every | unregularized step (median) | regularized non-refresh step (median) | refresh step "
+    print("\n| regularizer | refresh_every | unregularized step (median) | "
+          "regularized non-refresh step (median) | refresh step "
           "(median) | amortized overhead (sums) | model: (surrogate + refresh/R) / step | value rel. err (max) "
           "| grad cosine (min) | grad rel. err (max) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} s | {r[3]:.3f} s | {r[4]:.3f} s | {100 * r[5]:.1f}% | {100 * r[6]:.1f}% | "
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} s | {r[3]:.3f} s | {r[4]:.3f} s | "
+              f"{100 * r[5]:.1f}% | {100 * r[6]:.1f}% | "
               f"{r[7]:.1e} | {r[8]:.4f} | {r[9]:.1e} |")
     print("(value rel. err = |sum of estimates - sum of exact| / sum |exact| over layers)")
 

@@ -1,6 +1,6 @@
 """Task metrics: sacrebleu BLEU/chrF for translation, top-1 accuracy for classification.
 
-Conventions (METHODS.md section 5):
+Conventions (docs/methods.md §7.3-7.4):
 
 * BLEU: sacrebleu *corpus* BLEU on detokenized text, ``tokenize="13a"``,
   default exponential smoothing, one reference per sentence; scores in

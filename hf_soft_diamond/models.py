@@ -34,8 +34,8 @@ __all__ = [
 #: Named sizes of :func:`build_translation_model` (``MarianConfig`` fields).
 #:
 #: * ``micro``: the CPU study size (2+2 layers, d_model 128, FFN 512; 1.3M parameters
-#:   with a 2k vocabulary); 0.35-0.45 s per 64-sentence step on one CPU thread
-#:   (sentences capped at 40-64 tokens).
+#:   with a 2k vocabulary); step time: ``benchmarks/RESULTS.md``, "Timings moved out of
+#:   docstrings".
 #: * ``tiny``: CPU demo (4.9M parameters with an 8k vocabulary); reaches
 #:   BLEU > 0 on the offline corpora within minutes on a laptop CPU.
 #: * ``small``: between the two (13.5M parameters with an 8k vocabulary).

@@ -1,4 +1,4 @@
-"""Sparsity measurement, global magnitude pruning and prune curves (METHODS.md section 5).
+"""Sparsity measurement, global magnitude pruning and prune curves (docs/methods.md §7.1-7.2).
 
 Conventions
 -----------
@@ -41,7 +41,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (1e-8, 1e-3, 1e-2)
-"""Thresholds tau of METHODS.md section 5: ``|w| <= tau`` counts as sparse."""
+"""Thresholds tau of docs/methods.md §7.1: ``|w| <= tau`` counts as sparse."""
 
 DEFAULT_PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 """Global pruning levels of the prune curve (fractions of the regularized weights)."""

@@ -1,4 +1,4 @@
-"""Heavy-tailed spectral metrics of a model during training (METHODS.md section 4).
+"""Heavy-tailed spectral metrics of a model during training (docs/methods.md §6.7).
 
 :func:`spectrum_summary` measures, for each selected weight matrix ("layer": one weight
 tensor, conventions in :mod:`hf_soft_diamond.priors.spectral`):

@@ -50,8 +50,15 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from transformers import TrainerCallback
 
 from conftest import TinySeq2SeqData, base_args, tiny_marian
-from hf_soft_diamond import (attach_regularizer, available_regularizers, build_regularizer, get_sas_table,
-                             sas_log_pdf, sas_score, select_parameters)
+from hf_soft_diamond import (
+    attach_regularizer,
+    available_regularizers,
+    build_regularizer,
+    get_sas_table,
+    sas_log_pdf,
+    sas_score,
+    select_parameters,
+)
 from hf_soft_diamond.fused import TensorwiseKernel, compile_available
 from hf_soft_diamond.hooks import STATE_KEY
 from hf_soft_diamond.optim import RegularizedAdamW

@@ -332,7 +332,8 @@ def ding_corpus(corpus_cache):
 def combined_corpus(corpus_cache):
     if not tr.DING_PATH.is_file() or LIBREOFFICE_HELP is None:
         pytest.skip("Ding or LibreOffice help absent")
-    return tr.load_offline_translation_corpus("ding+libreoffice", libreoffice_root=LIBREOFFICE_HELP, cache_dir=corpus_cache)
+    return tr.load_offline_translation_corpus("ding+libreoffice", libreoffice_root=LIBREOFFICE_HELP,
+                                              cache_dir=corpus_cache)
 
 
 def _assert_no_leakage(corpus):
@@ -421,7 +422,8 @@ def test_load_hub_translation_dataset_passes_names(monkeypatch):
 def test_load_translation_files_all_formats(tmp_path):
     rows = [("Guten Morgen.", "Good morning."), ("Wie geht's, \"Anna\"?", 'How are you, "Anna"?')]
     nested = tmp_path / "train.jsonl"
-    nested.write_text("".join(json.dumps({"translation": {"de": d, "en": e}, "id": i}) + "\n" for i, (d, e) in enumerate(rows)))
+    nested.write_text("".join(json.dumps({"translation": {"de": d, "en": e}, "id": i}) + "\n"
+                              for i, (d, e) in enumerate(rows)))
     flat = tmp_path / "valid.json"
     flat.write_text(json.dumps([{"de": d, "en": e, "extra": 1} for d, e in rows]))
     table = tmp_path / "test.csv"

@@ -127,7 +127,8 @@ def test_double_decay_is_warned():
         attach_regularizer(opt, build_regularizer("sas", strength=1.0), [w])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        attach_regularizer(torch.optim.AdamW([w], lr=0.1, weight_decay=0.0), build_regularizer("sas", strength=1.0), [w])
+        attach_regularizer(torch.optim.AdamW([w], lr=0.1, weight_decay=0.0), build_regularizer("sas", strength=1.0),
+                           [w])
 
 
 def test_attach_to_a_model_uses_the_default_selection():

@@ -101,7 +101,7 @@ def _first_adam_step(w0, g, lr, eps):
 
 
 def test_pwd_first_step_is_the_methods_formula():
-    """METHODS.md section 3, Adam form: w1 = w_hat * X / (X + p*lr*lambda), X = |w0|^(2-p)."""
+    """docs/methods.md §5.2, Adam form: w1 = w_hat * X / (X + p*lr*lambda), X = |w0|^(2-p)."""
     torch.manual_seed(3)
     w = nn.Parameter(torch.randn(5, 4, dtype=torch.float64))
     w.data[0, :2] = 0.0

@@ -26,8 +26,8 @@ import torch
 from scipy import special
 from scipy.stats import levy_stable, norm
 
-from hf_soft_diamond.priors import sas as S
 from hf_soft_diamond.priors import get_sas_table, prebuild_sas_tables, sas_log_pdf, sas_score
+from hf_soft_diamond.priors import sas as S
 
 ALPHAS = [0.3, 0.5, 0.9, 1.0, 1.3, 1.5, 1.9, 2.0]
 

@@ -252,7 +252,8 @@ def load_fashion_mnist(
     Returns ``{"train", "validation", "test"}``: images ``uint8 (N, 1, 28, 28)``; train
     and validation are carved from the 60,000 ``train`` images by :func:`carve_split`
     (default 55,000 / 5,000: the last 500 of each class), test is ``t10k`` (10,000).
-    ``validation_size=0`` gives an empty validation split. Decoding takes ~0.5 s.
+    ``validation_size=0`` gives an empty validation split. Decoding time: ``benchmarks/RESULTS.md``,
+    "Timings moved out of docstrings".
     """
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     out: dict[str, ImageTensorDataset] = {}

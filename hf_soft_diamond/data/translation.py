@@ -55,8 +55,8 @@ libreoffice            31,321 (21,412)  1,717 (1,153) 1,649 (1,121)
 ding+libreoffice       49,592 (36,886)  2,739 (1,997) 2,695 (1,994)
 =====================  ===============  ============  ============
 
-Preparing takes about 1.3 s (ding), 1.6 s (libreoffice), 2.7 s (both) on
-one CPU core; reading the cached splits back about 0.05 s.
+Preparing is a matter of seconds, reading the cached splits back much faster
+(``benchmarks/RESULTS.md``, "Timings moved out of docstrings").
 (:func:`corpus_statistics` prints rows and distinct texts per split.)
 """
 
@@ -305,7 +305,8 @@ def html_to_text(fragment: str) -> str:
     """Plain text of an HTML fragment.
 
     Hidden per-system/per-module cases of LibreOffice's switch spans are
-    dropped first (the default case stays, :func:`_drop_switch_cases`). Block tags (``br``, ``p``, ``div``, list/table cells, headings) become a
+    dropped first (the default case stays, :func:`_drop_switch_cases`). Block tags (``br``,
+    ``p``, ``div``, list/table cells, headings) become a
     space, inline tags (``span``, ``a``, ``em``...) are removed without a space
     (their content keeps the spacing of the source), then entities are
     unescaped and whitespace is collapsed.
@@ -323,7 +324,8 @@ def _help_paragraphs(path: Path) -> dict[str, list[str]]:
     return found
 
 
-def find_libreoffice_help_root(root: str | os.PathLike[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+def find_libreoffice_help_root(root: str | os.PathLike[str] | None = None, *,
+                               cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """Locate the LibreOffice help directory (the one containing ``de/`` and ``en-US/``).
 
     ``root`` may be the directory that ``dpkg -x`` unpacked into (containing
@@ -442,7 +444,7 @@ def split_of_key(key: str, *, validation_fraction: float = 0.05, test_fraction: 
     ``test`` if ``u < test_fraction``, ``validation`` if
     ``u < test_fraction + validation_fraction``, else ``train``.
     """
-    digest = hashlib.sha256(f"hf_soft_diamond/split/{SPLIT_VERSION}:{key}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(f"hf_soft_diamond/split/{SPLIT_VERSION}:{key}".encode()).hexdigest()
     u = int(digest[:16], 16) / 2**64
     if u < test_fraction:
         return "test"
@@ -749,7 +751,8 @@ def iter_translation_rows(path: str | os.PathLike[str], source_lang: str,
     for number, record in enumerate(records):
         pair = record.get("translation", record)
         if not isinstance(pair, dict) or source_lang not in pair or target_lang not in pair:
-            raise ValueError(f"{path} row {number}: need a 'translation' dict or columns {source_lang!r}, {target_lang!r}")
+            raise ValueError(f"{path} row {number}: need a 'translation' dict or columns {source_lang!r}, "
+                             f"{target_lang!r}")
         yield {"translation": {source_lang: pair[source_lang], target_lang: pair[target_lang]}}
 
 

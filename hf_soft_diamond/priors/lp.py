@@ -1,4 +1,4 @@
-"""L2, L1 and L_p penalties, their gradients and proximal steps (METHODS.md section 2).
+"""L2, L1 and L_p penalties, their gradients and proximal steps (docs/methods.md §4).
 
 Conventions (one place, used by every caller):
 
@@ -24,7 +24,6 @@ into one loop.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

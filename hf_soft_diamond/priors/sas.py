@@ -1,4 +1,4 @@
-"""Symmetric alpha-stable (SaS) prior: density and score tables (METHODS.md section 1).
+"""Symmetric alpha-stable (SaS) prior: density and score tables (docs/methods.md §3).
 
 Conventions
 -----------
@@ -46,8 +46,8 @@ in [0.3, 2) (alpha = 1/2: ~2e-10 in the score around z = 0.007, where its power 
 hands over to the closed form, < 1e-12 elsewhere), ~1e-4 at alpha = 0.2-0.25 (the
 small-z fill loses digits there), not verified below 0.2.
 
-How a table is built (float64, all vectorized, ~0.3-2 ms)
----------------------------------------------------------
+How a table is built (float64, all vectorized; timings: benchmarks/RESULTS.md, "SaS table build")
+-----------------------------------------------------------------------------------------------
 For each alpha the grid is split into three regions by an error estimate made on a
 coarse grid (rounding ``eps * sum|terms|`` plus the next two terms, both < 1e-11
 relative to the partial sum, for ``f`` and ``f'``; 0.5 decade, refined to 0.1 decade
@@ -444,7 +444,8 @@ def _fast_v(z: np.ndarray, z0: float, p: float) -> np.ndarray:
         return 1.0 / (1.0 + (z / z0) ** p)
 
 
-def _fit_fast_rational(v: np.ndarray, g: np.ndarray, n: int, iters: int = 5, lawson: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def _fit_fast_rational(v: np.ndarray, g: np.ndarray, n: int, iters: int = 5,
+                       lawson: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Linearized (Sanathanan-Koerner) weighted least squares for the relative error of
     ``A(v)/B(v) ~= g`` (monomials, degree n each), then Lawson reweighting towards the
     minimax fit; constraints ``a0 = b0``, ``sum a = sum b = 1``. Returns the best (a, b)."""
@@ -547,13 +548,13 @@ class FastScore:
         return -(num * y) / (den * one_y2) * self.z0
 
 
-def _check_grid(table: "SasTable") -> np.ndarray:
+def _check_grid(table: SasTable) -> np.ndarray:
     lo = min(table.t_min - 2.0, math.log(1e-30))
     hi = min(math.log(1e30), math.log(1e18) + 0.5 * math.log((1.0 + table.alpha) / table.kappa))
     return np.exp(np.arange(lo, hi, 0.005))
 
 
-def fit_fast_score(table: "SasTable", target: float = _FAST_TARGET, max_degree: int = _FAST_MAX_DEG) -> FastScore:
+def fit_fast_score(table: SasTable, target: float = _FAST_TARGET, max_degree: int = _FAST_MAX_DEG) -> FastScore:
     """Fit the rational reader of ``table`` (float64), raising the degree from 4 until the
     float32 evaluation on the dense check grid (log-spaced z in [1e-30, min(1e30, 1e18 z0)], step 0.005
     in log z; reference: the table read in float64) is within ``target`` relative, or
@@ -631,7 +632,8 @@ class SasTable:
     ``torch.compile`` for a new device to keep the compiled graph free of copies.
     """
 
-    def __init__(self, alpha: float, t_min: float, grid_step: float, r: np.ndarray | None, q: np.ndarray | None) -> None:
+    def __init__(self, alpha: float, t_min: float, grid_step: float, r: np.ndarray | None,
+                 q: np.ndarray | None) -> None:
         self.alpha = _check_alpha(alpha)
         self.t_min = float(t_min)
         self.grid_step = float(grid_step)
@@ -706,8 +708,9 @@ class SasTable:
 
     @property
     def fast(self) -> FastScore | None:
-        """The fitted rational reader (fitted on first access, 25-85 ms; None for the
-        closed forms alpha = 1 and 2). Call it once outside ``torch.compile``."""
+        """The fitted rational reader (fitted on first access, fit times in ``benchmarks/RESULTS.md``,
+        "SaS hot path"; None for the closed forms alpha = 1 and 2). Call it once outside
+        ``torch.compile``."""
         if self.closed_form or self._fast_failed:
             return None
         if self._fast is None:
@@ -751,7 +754,8 @@ class SasTable:
         ``torch.compile`` vectorizes it. Accuracy: :attr:`fast_max_rel_error` (measured
         <= 1.1e-4 on its check grid, <= 1.5e-4 with float32 rounding anywhere, for alpha
         in [0.3, 2); 3.3e-4 at 0.25).
-        The fit is made on first use (30-120 ms) and kept with the in-memory table. Exact closed forms for alpha = 1 and 2.
+        The fit is made on first use (fit times: ``benchmarks/RESULTS.md``, "SaS hot path") and kept
+        with the in-memory table. Exact closed forms for alpha = 1 and 2.
         """
         if self.alpha == 2.0:
             return -0.5 * z

@@ -1,4 +1,4 @@
-"""Spectra of weight matrices and the heavy-tailed metrics and penalties on them (METHODS.md section 4).
+"""Spectra of weight matrices and the heavy-tailed metrics and penalties on them (docs/methods.md §6).
 
 Torch only. Conventions (one place, used by every caller):
 
@@ -258,7 +258,7 @@ def weighted_alpha(lam: Tensor, k: int | None = None, valid: Tensor | None = Non
 
 # --------------------------------------------------------------------------- penalties
 def weighted_alpha_penalty(lam: Tensor, valid: Tensor | None = None, k: int | None = None) -> Tensor:
-    """``alpha_hat * ln(lambda_max)`` per layer (METHODS's ``R_wa`` term, natural log).
+    """``alpha_hat * ln(lambda_max)`` per layer (``R_wa``, docs/methods.md §6.3; natural log).
 
     Note the sign convention of the paper: where ``lambda_max < 1`` the log is negative and
     minimising the term *raises* ``alpha_hat``.
@@ -269,7 +269,7 @@ def weighted_alpha_penalty(lam: Tensor, valid: Tensor | None = None, k: int | No
 
 
 def stable_rank_penalty(lam: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``||W||_F^2 / ||W||_2^2`` per layer (METHODS's ``R_sr`` term)."""
+    """``||W||_F^2 / ||W||_2^2`` per layer (``R_sr``, docs/methods.md §6.3)."""
     return stable_rank(lam, valid)
 
 
@@ -385,7 +385,8 @@ def spectral_refresh(mats: Tensor, fn: Callable[[Tensor, Tensor], Tensor] | None
             its gradient is taken by autograd on the eigenvalues only and mapped to the
             weights as ``2 W V diag(dfn/dlambda) V^T`` (``"eigh"``) or ``U diag(2 sigma
             dfn/dlambda) V^T`` (``"svd"``).
-        method: ``"eigh"`` (Gram matrix, ~2.5x faster on CPU) or ``"svd"``.
+        method: ``"eigh"`` (Gram matrix, faster on CPU: ``benchmarks/RESULTS.md``, "Timings moved out
+            of docstrings") or ``"svd"``.
     """
     B, P, N, M = mats.shape
     flat = mats.reshape(B * P, N, M)

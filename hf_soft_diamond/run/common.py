@@ -2,7 +2,7 @@
 
 The end of a run (:func:`finish_run`) measures the trained model and writes what
 people read: the sparsity report, the prune curve (task metric after global
-magnitude pruning of the regularized weights at METHODS.md's fractions), the plots
+magnitude pruning of the regularized weights at the fractions of docs/methods.md §7.2), the plots
 (with per-layer Hill alpha over training when the spectrum monitor ran),
 ``all_results.json`` and the model card ``README.md``. Data flows one way: it reads
 the trained model and never changes it (pruning happens on the fly and is undone).
