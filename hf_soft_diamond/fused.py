@@ -11,8 +11,12 @@ that reads each weight once. :class:`TensorwiseKernel` hides that choice:
   scalars are passed as 0-d float64 tensors so a changing learning rate never
   recompiles.
 * ``backend="auto"`` (default): ``compile`` when inductor can build kernels here
-  (a C++ compiler for CPU tensors, Triton for CUDA), else ``eager``. Set the
-  environment variable ``HF_SOFT_DIAMOND_COMPILE=0`` to force eager.
+  (a C++ compiler for CPU tensors, Triton for CUDA) *and* the call covers at least
+  :data:`COMPILE_MIN_NUMEL` elements, else ``eager``. Compiling costs seconds to
+  minutes once; it pays back only where the per-step saving, which grows with the
+  number of weights, outweighs it over a run (the break-even is measured by
+  ``benchmarks/bench_compile_breakeven.py``). Set the environment variable
+  ``HF_SOFT_DIAMOND_COMPILE=0`` to force eager.
 
 If compilation fails at run time the kernel warns once and falls back to eager,
 so training never stops because of the fast path.
@@ -33,6 +37,17 @@ from torch import Tensor
 
 Backend = Literal["auto", "compile", "eager"]
 BACKENDS: tuple[str, ...] = ("auto", "compile", "eager")
+
+#: ``backend="auto"`` compiles a kernel only for calls over at least this many elements
+#: (summed over the tensors of one call, i.e. one parameter group). Below it the compile
+#: time is not recovered within a typical run (``benchmarks/RESULTS.md``, "Compile
+#: break-even"); override with ``HF_SOFT_DIAMOND_COMPILE_MIN_NUMEL``.
+COMPILE_MIN_NUMEL: int = int(os.environ.get("HF_SOFT_DIAMOND_COMPILE_MIN_NUMEL", 1 << 20))
+
+
+def worth_compiling(tensors: Sequence[Tensor]) -> bool:
+    """Whether ``backend="auto"`` compiles a kernel over ``tensors`` (see :data:`COMPILE_MIN_NUMEL`)."""
+    return sum(t.numel() for t in tensors) >= COMPILE_MIN_NUMEL
 
 
 @functools.cache
@@ -111,12 +126,13 @@ class TensorwiseKernel:
         self._compile_failed = False
         self._loop = _make_loop(fn)
 
-    def uses_compile(self, device_type: str) -> bool:
+    def uses_compile(self, device_type: str, tensors: Sequence[Tensor] | None = None) -> bool:
+        """Whether a call over ``tensors`` (on ``device_type``) runs compiled."""
         if self.backend == "eager" or self._compile_failed:
             return False
         if self.backend == "compile":
             return True
-        return compile_available(device_type)
+        return compile_available(device_type) and (tensors is None or worth_compiling(tensors))
 
     def _get_compiled(self) -> Callable[..., None]:
         if self._compiled is None:
@@ -131,7 +147,7 @@ class TensorwiseKernel:
             raise ValueError("all tensor lists must have the same length")
         device = tensor_lists[0][0].device
         scalar_tensors = [torch.tensor(float(s), dtype=torch.float64, device=device) for s in scalars]
-        if not self.uses_compile(device.type):
+        if not self.uses_compile(device.type, tensor_lists[0]):
             self._loop(tensor_lists, scalar_tensors)
             return
         try:
@@ -161,8 +177,10 @@ def non_finite_indices(tensors: Sequence[Tensor], backend: Backend = "auto") -> 
         return []
     device_type = tensors[0].device.type
     fn: Callable[..., Tensor] = _non_finite_flags
-    if backend != "eager" and (backend == "compile" or compile_available(device_type)):
-        fn = _compiled_flags.setdefault(device_type, torch.compile(_non_finite_flags, dynamic=False))
+    if backend == "compile" or (backend == "auto" and compile_available(device_type) and worth_compiling(tensors)):
+        fn = _compiled_flags.get(device_type)
+        if fn is None:  # one compiled wrapper per device type (not a new one per call)
+            fn = _compiled_flags[device_type] = torch.compile(_non_finite_flags, dynamic=False)
     try:
         flags = fn(tensors)
     except Exception:  # noqa: BLE001 - fall back to eager on any compile failure

@@ -12,10 +12,11 @@ traffic AdamW pays anyway (measured in ``benchmarks/bench_fused_adamw.py``).
 The update of one tensor at step ``t`` (the ``step`` counts per tensor, as in torch)::
 
     g'    = g + grad(w)                           # coupled regularizers (not written to .grad)
+    w'    = pre(w)                                # decoupled, before the step (AdamW-style decay)
     m     = beta1 m + (1 - beta1) g'
     v     = beta2 v + (1 - beta2) g'^2
-    w_hat = w (1 - lr wd) - lr/(1 - beta1^t) * m / (sqrt(v/(1 - beta2^t)) + eps)
-    w     = update(w, w_hat)                      # decoupled regularizers (w: before the step)
+    w_hat = w' (1 - lr wd) - lr/(1 - beta1^t) * m / (sqrt(v/(1 - beta2^t)) + eps)
+    w     = update(w', w_hat)                     # decoupled, after the step
 
 which is ``torch.optim.AdamW`` (``amsgrad=False, maximize=False``) followed by the
 regularizer exactly as the hook path applies it, with each group's scheduled ``lr``.
@@ -35,8 +36,15 @@ import torch
 from torch import Tensor, nn
 
 from .fused import Backend, TensorwiseKernel, _at_least_fp32, validate_backend
-from .hooks import (STATE_KEY, check_finite_weights, check_on_nonfinite, load_regularizer_state, named_parameters_of,
-                    regularizer_state, resolve_mode_for)
+from .hooks import (
+    STATE_KEY,
+    check_finite_weights,
+    check_on_nonfinite,
+    load_regularizer_state,
+    named_parameters_of,
+    regularizer_state,
+    resolve_mode_for,
+)
 from .regularizers.base import ElementwiseTerms, Regularizer
 
 __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
@@ -44,23 +52,29 @@ __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
 
 def _adamw_update(w: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, beta1: Tensor, beta2: Tensor,
                   step_size: Tensor, inv_sqrt_bc2: Tensor, eps: Tensor, decay: Tensor, *reg_scalars: Tensor,
-                  grad_term: Callable[..., Tensor] | None, update_term: Callable[..., Tensor] | None,
-                  n_grad_scalars: int) -> None:
+                  grad_term: Callable[..., Tensor] | None, pre_term: Callable[..., Tensor] | None,
+                  update_term: Callable[..., Tensor] | None, n_grad_scalars: int, n_pre_scalars: int) -> None:
     """One AdamW step of one tensor, in place, with the regularizer's terms inlined.
 
     ``step_size = lr / (1 - beta1^t)``, ``inv_sqrt_bc2 = 1/sqrt(1 - beta2^t)``, ``decay =
     lr * weight_decay``; arithmetic in float32 or wider (bf16/fp16 state is upcast).
+    ``reg_scalars`` are the grad, pre and update scalars of the terms, in that order.
     """
+    grad_s = reg_scalars[:n_grad_scalars]
+    pre_s = reg_scalars[n_grad_scalars:n_grad_scalars + n_pre_scalars]
+    update_s = reg_scalars[n_grad_scalars + n_pre_scalars:]
     wf = _at_least_fp32(w)
     gf = g.to(wf.dtype)
     if grad_term is not None:
-        gf = gf + grad_term(wf, *reg_scalars[:n_grad_scalars])
+        gf = gf + grad_term(wf, *grad_s)
+    if pre_term is not None:
+        wf = pre_term(wf, *pre_s)
     mf = m.to(wf.dtype)
     m_new = mf + (gf - mf) * (1.0 - beta1)
     v_new = v.to(wf.dtype) * beta2 + (1.0 - beta2) * gf * gf
     stepped = wf * (1.0 - decay) - step_size * m_new / (torch.sqrt(v_new) * inv_sqrt_bc2 + eps)
     if update_term is not None:
-        stepped = update_term(wf, stepped, *reg_scalars[n_grad_scalars:])
+        stepped = update_term(wf, stepped, *update_s)
     m.copy_(m_new)
     v.copy_(v_new)
     w.copy_(stepped)
@@ -181,14 +195,13 @@ class RegularizedAdamW(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ internals
     def _kernel(self, terms: ElementwiseTerms | None) -> TensorwiseKernel:
-        grad_term = terms.grad if terms is not None else None
-        update_term = terms.update if terms is not None else None
-        n_grad = len(terms.grad_scalars) if terms is not None else 0
-        key = (grad_term, update_term, n_grad)
+        terms = terms or ElementwiseTerms()
+        key = (terms.grad, terms.pre, terms.update, len(terms.grad_scalars), len(terms.pre_scalars))
         kernel = self._kernels.get(key)
         if kernel is None:
-            fn = functools.partial(_adamw_update, grad_term=grad_term, update_term=update_term,
-                                   n_grad_scalars=n_grad)
+            fn = functools.partial(_adamw_update, grad_term=terms.grad, pre_term=terms.pre,
+                                   update_term=terms.update, n_grad_scalars=len(terms.grad_scalars),
+                                   n_pre_scalars=len(terms.pre_scalars))
             kernel = self._kernels[key] = TensorwiseKernel(fn, self.fused_backend)
         return kernel
 
@@ -206,7 +219,7 @@ class RegularizedAdamW(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
             by_step.setdefault(float(state["step"]), []).append(p)
-        reg_scalars = () if terms is None else (*terms.grad_scalars, *terms.update_scalars)
+        reg_scalars = () if terms is None else (*terms.grad_scalars, *terms.pre_scalars, *terms.update_scalars)
         kernel = self._kernel(terms)
         for t, ps in by_step.items():
             scalars = [lr, beta1, beta2, lr / (1.0 - beta1 ** t), 1.0 / math.sqrt(1.0 - beta2 ** t),

@@ -14,7 +14,7 @@ at parse time with a message that names the argument and its range.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import logging
 import math
@@ -26,23 +26,20 @@ from typing import Any
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .fused import BACKENDS
-from .regularizers import available_regularizers, build_regularizer, get_regularizer_class
+from .regularizers import available_regularizers, build_regularizer, get_regularizer_class, optimizer_family
 from .regularizers import natural_mode as _natural_mode
-from .regularizers import optimizer_family
 from .regularizers.base import Regularizer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPARSITY_THRESHOLDS: tuple[float, ...] = (1e-8, 1e-3, 1e-2)
 
-#: Regularizer keyword argument -> argument field, per regularizer (the others get
-#: ``strength``, ``mode`` and ``fused_backend`` only, plus ``reg_kwargs``).
-HYPERPARAMETER_FIELDS: dict[str, dict[str, str]] = {
-    "lp": {"p": "lp_p", "eps": "lp_eps"},
-    "sas": {"alpha": "sas_alpha", "gamma": "sas_gamma"},
-    "pwd": {"p": "lp_p", "l2_strength": "pwd_l2_strength", "p_start": "pwd_p_start",
-            "p_schedule_steps": "pwd_p_schedule_steps"},
-}
+def hyperparameter_fields(regularizer: str) -> dict[str, str]:
+    """Keyword argument -> argument field of ``regularizer``'s registered hyperparameters that are
+    fields of these arguments (``sas_alpha``, ``lp_p``...); the others come through ``reg_kwargs``."""
+    fields = {f.name for f in dataclasses.fields(SoftDiamondArgumentsMixin)}
+    return {p.name: p.field for p in get_regularizer_class(regularizer).params if p.field in fields}
+
 
 _ON_NONFINITE = ("raise", "warn")
 
@@ -299,7 +296,7 @@ class SoftDiamondArgumentsMixin:
         # mode None: the regularizer takes its natural mode from the optimizer it is attached to
         kwargs: dict[str, Any] = {"strength": self.reg_strength, "mode": self.reg_mode,
                                   "fused_backend": self.reg_fused_backend}
-        for kwarg, attr in HYPERPARAMETER_FIELDS.get(self.regularizer, {}).items():
+        for kwarg, attr in hyperparameter_fields(self.regularizer).items():
             kwargs[kwarg] = getattr(self, attr)
         extra = dict(self.reg_kwargs or {})
         clash = sorted(set(extra) & set(kwargs))
@@ -361,7 +358,8 @@ class SoftDiamondTrainingArguments(SoftDiamondArgumentsMixin, TrainingArguments)
     ``sas_alpha``, ``sas_gamma``, ``lp_p``, ``lp_eps``, ``pwd_l2_strength``, ``pwd_p_start``,
     ``pwd_p_schedule_steps``, ``reg_include``, ``reg_exclude``, ``reg_include_embeddings``,
     ``sparsity_thresholds``, ``reg_fused_backend``, ``reg_on_nonfinite``, ``reg_check_finite_every``,
-    ``reg_fused_optimizer``,    ``model_accepts_loss_kwargs``). With a regularizer other than ``none``, ``weight_decay`` is not applied
+    ``reg_fused_optimizer``, ``model_accepts_loss_kwargs``). With a regularizer other than ``none``,
+    ``weight_decay`` is not applied
     to the regularized parameters (see the mixin).
     """
 
@@ -399,7 +397,7 @@ class SoftDiamondSeq2SeqTrainingArguments(SoftDiamondArgumentsMixin, Seq2SeqTrai
 
 __all__ = [
     "DEFAULT_SPARSITY_THRESHOLDS",
-    "HYPERPARAMETER_FIELDS",
+    "hyperparameter_fields",
     "SoftDiamondArgumentsMixin",
     "SoftDiamondSeq2SeqTrainingArguments",
     "SoftDiamondTrainingArguments",

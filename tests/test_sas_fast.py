@@ -117,6 +117,7 @@ def test_regularizer_fast_vs_table(alpha, backend):
         reg.add_coupled_grad_(params, grads, lr=0.1)
         ws = [p.clone() for p in params]
         reg.decoupled_pre_step_(ws, lr=0.1)
+        reg.decoupled_post_step_(ws, lr=0.1)  # SaS pulls after the step (here: no step in between)
         out[path] = (grads, [w - p for w, p in zip(ws, params)])
         assert reg.hparams()["sas_score_path"] == path
     for gf, gt in zip(out["fast"][0], out["table"][0]):

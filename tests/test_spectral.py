@@ -1,4 +1,4 @@
-"""Spectral metrics, penalties and regularizers (METHODS.md section 4)."""
+"""Spectral metrics, penalties and regularizers (docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -260,7 +260,7 @@ def test_conv_modes():
     for mode in ("flatten", "per_position"):
         lay = sp.layer_layout(w.shape, mode)
         torch.testing.assert_close(sp.from_matrices(sp.matrix_view(w, lay), lay), w)
-    for name, kw, fn in PENALTIES:  # per-position gradients vs finite differences
+    for name, kw, _fn in PENALTIES:  # per-position gradients vs finite differences
         g = _exact_grad(name, kw, w, conv_mode="per_position")
         d = _rand(8, 3, 3, 3, seed=12)
         h = 1e-6
@@ -333,7 +333,7 @@ def test_bf16_parameters_use_float32_spectra():
     ("frechet_prior", {"a": -1.0}, "frechet_a"),
     ("frechet_prior", {"s": 0.0}, "frechet_s"),
     ("frechet_prior", {"m": float("inf")}, "frechet_m"),
-    ("frechet_prior", {"mode": "decoupled"}, "reg_mode"),
+    ("frechet_prior", {"mode": "sideways"}, "reg_mode"),
 ])
 def test_validation_names_the_argument(name, kwargs, arg):
     with pytest.raises(ValueError, match=arg):
@@ -342,7 +342,7 @@ def test_validation_names_the_argument(name, kwargs, arg):
 
 def test_registry_hparams_and_state_roundtrip():
     reg = build_regularizer("powerlaw_prior", strength=1e-3, a=2.0, lambda_min=0.1, refresh_every=7)
-    assert isinstance(reg, PowerLawPriorRegularizer) and reg.modes == ("coupled",)
+    assert isinstance(reg, PowerLawPriorRegularizer) and reg.modes == ("coupled", "decoupled")
     hp = reg.hparams()
     assert hp["regularizer"] == "powerlaw_prior" and hp["spectral_refresh_every"] == 7 and hp["powerlaw_a"] == 2.0
     assert isinstance(build_regularizer("frechet_prior"), FrechetPriorRegularizer)

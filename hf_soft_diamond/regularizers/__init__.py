@@ -20,8 +20,7 @@ from .lp import L1Regularizer, L2Regularizer, LpRegularizer, NoRegularizer
 from .pwd import PWDRegularizer
 from .sas import SaSRegularizer
 from .selection import regularized_names, select_parameters
-from .spectral import (FrechetPriorRegularizer, PowerLawPriorRegularizer, StableRankRegularizer,
-                       WeightedAlphaRegularizer)
+from .spectral import FrechetPriorRegularizer, PowerLawPriorRegularizer, StableRankRegularizer, WeightedAlphaRegularizer
 
 __all__ = [
     "MODES",

@@ -1,6 +1,6 @@
 """The baselines: no regularizer, L2 (ridge), L1 (lasso) and the smoothed L_p penalty.
 
-Formulas and conventions: :mod:`hf_soft_diamond.priors.lp` (METHODS.md section 2).
+Formulas and conventions: :mod:`hf_soft_diamond.priors.lp` (docs/methods.md §4).
 """
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..fused import Backend, TensorwiseKernel, _at_least_fp32
+from ..fused import Backend
 from ..priors import lp as lp_math
-from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
+from .base import Citation, ElementwiseTerms, Param, Regularizer, register_regularizer
+
+#: The soft-diamond paper compares its prior with L1 and L2; cards of the baselines cite it as such.
+BASELINE_CITATION = Citation(
+    title="{name} baseline",
+    reference="the L1/L2 baselines of Adigun & Kosko, Soft Diamond Regularizers for Deep Learning, arXiv:2412.20724",
+    bibtex="@article{adigun2024softdiamond,\n  title={Soft Diamond Regularizers for Deep Learning},\n"
+           "  author={Adigun, Olaoluwa and Kosko, Bart},\n  journal={arXiv preprint arXiv:2412.20724},\n"
+           "  year={2024}\n}")
 
 
 def _stack_sum(terms: list[Tensor]) -> Tensor:
@@ -24,6 +32,9 @@ class NoRegularizer(Regularizer):
     """``none``: no penalty; only measures (sparsity, spectra) the way the others do."""
 
     name = "none"
+    citation = Citation(title="no regularizer (baseline)", reference="no regularizer: the unregularized baseline",
+                        bibtex=BASELINE_CITATION.bibtex)
+    density_family = "laplace"
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
@@ -31,28 +42,35 @@ class NoRegularizer(Regularizer):
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return torch.zeros((), dtype=torch.float64)
 
-    def add_coupled_grad_(self, params, grads, lr):
-        pass
-
-    def elementwise_terms(self, lr):
+    def elementwise_terms(self, lr, mode=None):
         return ElementwiseTerms()
 
 
-def _l2_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
-    g.add_(w * lam)
-
-
-def _scale_kernel(w: Tensor, factor: Tensor) -> None:
-    w.mul_(factor)
-
-
-def _l2_grad_term(w: Tensor, lam: Tensor) -> Tensor:
+# The per-step formulas of the baselines (the only place they are written; see ElementwiseTerms).
+def _l2_grad(w: Tensor, lam: Tensor) -> Tensor:
     return w * lam
 
 
-def _l2_decoupled_update(w_old: Tensor, w_stepped: Tensor, lr_lam: Tensor) -> Tensor:
-    # (1 - lr*lam) * w_old - lr * u  =  w_stepped - lr*lam * w_old  (AdamW's order)
-    return w_stepped - w_old * lr_lam
+def _l2_decay(w: Tensor, keep: Tensor) -> Tensor:
+    # AdamW's decay before the step: w * (1 - lr * lambda)
+    return w * keep
+
+
+def _l1_grad(w: Tensor, lam: Tensor) -> Tensor:
+    return w.sign() * lam
+
+
+def _l1_prox(w_old: Tensor, w_stepped: Tensor, threshold: Tensor) -> Tensor:
+    return lp_math.l1_prox(w_stepped, threshold.to(w_stepped.dtype))
+
+
+def _lp_grad(w: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
+    return lp_math.lp_grad(w, p, eps) * lam
+
+
+def _lp_decoupled(w: Tensor, lr_lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
+    # the penalty's gradient step outside the optimizer: w - lr * lambda * dR/dw
+    return w - lp_math.lp_grad(w, p, eps) * lr_lam
 
 
 @register_regularizer
@@ -65,41 +83,17 @@ class L2Regularizer(Regularizer):
     """
 
     name = "l2"
-
-    def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
-        super().__init__(strength, mode, fused_backend)
-        self._grad = TensorwiseKernel(_l2_grad_kernel, fused_backend)
-        self._scale = TensorwiseKernel(_scale_kernel, fused_backend)
+    citation = Citation(title="L2 (ridge) baseline", reference=BASELINE_CITATION.reference,
+                        bibtex=BASELINE_CITATION.bibtex)
+    density_family = "gaussian"
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.l2_penalty(p) for p in params])
 
-    def add_coupled_grad_(self, params, grads, lr):
-        self._grad([params, grads], [self.strength])
-
-    def decoupled_pre_step_(self, params, lr):
-        self._scale([params], [1.0 - lr * self.strength])
-
-    def elementwise_terms(self, lr):
-        if self.mode == "coupled":
-            return ElementwiseTerms(grad=_l2_grad_term, grad_scalars=(self.strength,))
-        return ElementwiseTerms(update=_l2_decoupled_update, update_scalars=(lr * self.strength,))
-
-
-def _l1_grad_kernel(w: Tensor, g: Tensor, lam: Tensor) -> None:
-    g.add_(w.sign() * lam)
-
-
-def _l1_prox_kernel(w: Tensor, threshold: Tensor) -> None:
-    w.copy_(lp_math.l1_prox(w, threshold.to(w.dtype)))
-
-
-def _l1_grad_term(w: Tensor, lam: Tensor) -> Tensor:
-    return w.sign() * lam
-
-
-def _l1_prox_update(w_old: Tensor, w_stepped: Tensor, threshold: Tensor) -> Tensor:
-    return lp_math.l1_prox(w_stepped, threshold.to(w_stepped.dtype))
+    def elementwise_terms(self, lr, mode=None):
+        if self._mode_of(mode) == "coupled":
+            return ElementwiseTerms(grad=_l2_grad, grad_scalars=(self.strength,))
+        return ElementwiseTerms(pre=_l2_decay, pre_scalars=(1.0 - lr * self.strength,))
 
 
 @register_regularizer
@@ -112,43 +106,17 @@ class L1Regularizer(Regularizer):
     """
 
     name = "l1"
-
-    def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
-        super().__init__(strength, mode, fused_backend)
-        self._grad = TensorwiseKernel(_l1_grad_kernel, fused_backend)
-        self._prox = TensorwiseKernel(_l1_prox_kernel, fused_backend)
+    citation = Citation(title="L1 (lasso) baseline", reference=BASELINE_CITATION.reference,
+                        bibtex=BASELINE_CITATION.bibtex)
+    density_family = "laplace"
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.l1_penalty(p) for p in params])
 
-    def add_coupled_grad_(self, params, grads, lr):
-        self._grad([params, grads], [self.strength])
-
-    def decoupled_post_step_(self, params, lr):
-        self._prox([params], [lr * self.strength])
-
-    def elementwise_terms(self, lr):
-        if self.mode == "coupled":
-            return ElementwiseTerms(grad=_l1_grad_term, grad_scalars=(self.strength,))
-        return ElementwiseTerms(update=_l1_prox_update, update_scalars=(lr * self.strength,))
-
-
-def _lp_grad_kernel(w: Tensor, g: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> None:
-    g.add_(lp_math.lp_grad(_at_least_fp32(w), p, eps).to(g.dtype) * lam)
-
-
-def _lp_grad_term(w: Tensor, lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
-    return lp_math.lp_grad(w, p, eps) * lam
-
-
-def _lp_decoupled_kernel(w: Tensor, lr_lam: Tensor, p: Tensor, eps: Tensor) -> None:
-    # w <- w - lr * strength * dR/dw
-    wf = _at_least_fp32(w)
-    w.sub_((lp_math.lp_grad(wf, p, eps) * lr_lam).to(w.dtype))
-
-
-def _lp_decoupled_update(w_old: Tensor, w_stepped: Tensor, lr_lam: Tensor, p: Tensor, eps: Tensor) -> Tensor:
-    return w_stepped - lp_math.lp_grad(w_old, p, eps) * lr_lam
+    def elementwise_terms(self, lr, mode=None):
+        if self._mode_of(mode) == "coupled":
+            return ElementwiseTerms(grad=_l1_grad, grad_scalars=(self.strength,))
+        return ElementwiseTerms(update=_l1_prox, update_scalars=(lr * self.strength,))
 
 
 @register_regularizer
@@ -170,28 +138,24 @@ class LpRegularizer(Regularizer):
     """
 
     name = "lp"
+    params = (
+        Param("p", "lp_p", 1.0, "Exponent p in (0, 2] of the smoothed |w|^p penalty.", low=0.0, high=2.0,
+              low_open=True),
+        Param("eps", "lp_eps", 1e-3, "Smoothing eps > 0: (w^2 + eps^2)^(p/2) - eps^p.", low=0.0, low_open=True),
+    )
+    citation = Citation(title="smoothed L_p baseline", reference=BASELINE_CITATION.reference,
+                        bibtex=BASELINE_CITATION.bibtex)
+    density_family = "laplace"
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, p: float = 1.0, eps: float = 1e-3,
                  fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
-        self.p = check_number("lp_p", p, low=0.0, high=2.0, low_open=True)
-        self.eps = check_number("lp_eps", eps, low=0.0, low_open=True)
-        self._grad = TensorwiseKernel(_lp_grad_kernel, fused_backend)
-        self._decoupled = TensorwiseKernel(_lp_decoupled_kernel, fused_backend)
+        self._set_params(p=p, eps=eps)
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.lp_penalty(w, self.p, self.eps) for w in params])
 
-    def add_coupled_grad_(self, params, grads, lr):
-        self._grad([params, grads], [self.strength, self.p, self.eps])
-
-    def decoupled_pre_step_(self, params, lr):
-        self._decoupled([params], [lr * self.strength, self.p, self.eps])
-
-    def elementwise_terms(self, lr):
-        if self.mode == "coupled":
-            return ElementwiseTerms(grad=_lp_grad_term, grad_scalars=(self.strength, self.p, self.eps))
-        return ElementwiseTerms(update=_lp_decoupled_update, update_scalars=(lr * self.strength, self.p, self.eps))
-
-    def hparams(self):
-        return {**super().hparams(), "lp_p": self.p, "lp_eps": self.eps}
+    def elementwise_terms(self, lr, mode=None):
+        if self._mode_of(mode) == "coupled":
+            return ElementwiseTerms(grad=_lp_grad, grad_scalars=(self.strength, self.p, self.eps))
+        return ElementwiseTerms(pre=_lp_decoupled, pre_scalars=(lr * self.strength, self.p, self.eps))

@@ -1,10 +1,11 @@
 """``pwd``: decoupled weight decay for any p norm (Outmezguine & Levi, arXiv 2404.10824).
 
-Formula and conventions in :mod:`hf_soft_diamond.priors.pwd`. Implemented as a pair of
-optimizer step hooks so it works with any torch optimizer: before the step the factor
-``X/(X*(1+lr*l2_strength) + p*lr*strength)`` is computed from the current weights
-(``X = |w|^(2-p)``) into a persistent per-tensor buffer (one extra copy of the
-regularized weights, fp32 or the weights' dtype if wider); after the step the weights are multiplied by it.
+Formula and conventions in :mod:`hf_soft_diamond.priors.pwd`. One update term (see
+:class:`~hf_soft_diamond.regularizers.base.ElementwiseTerms`) reads the weights before the
+step and the optimizer's result: the factor ``X/(X*(1+lr*l2_strength) + p*lr*strength)``
+of the former (``X = |w|^(2-p)``) multiplies the latter. The hook path keeps a float32
+copy of the regularized weights from before the step (one extra copy, as the factor
+buffer it replaces); RegularizedAdamW has them in registers.
 
 p schedule (the authors' suggestion): with ``p_schedule_steps = S > 0`` the exponent
 moves linearly from ``p_start`` (default 2) to ``p`` over the first S optimizer steps;
@@ -19,32 +20,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..fused import Backend, TensorwiseKernel, _at_least_fp32
+from ..fused import Backend
 from ..priors import lp as lp_math
-from ..priors.pwd import pwd_factor
-from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
+from ..priors.pwd import flush_subnormal, pwd_factor
+from .base import Citation, ElementwiseTerms, Param, Regularizer, register_regularizer
 
 
-def _factor_kernel(w: Tensor, out: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> None:
-    """Factor with the exponent as a tensor (during a p schedule: no recompile as p moves)."""
-    out.copy_(pwd_factor(_at_least_fp32(w), p, decay, l2_decay))
+# The per-step formula (the only place it is written; hooks and RegularizedAdamW derive from it):
+# the factor X / (X (1 + lr l2) + p lr lambda) of the weights before the step, applied to the
+# optimizer's result, with subnormal residue flushed to exactly 0.
+def _pwd_update(w_old: Tensor, w_stepped: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> Tensor:
+    """During a p schedule: the exponent as a tensor (no recompile as p moves)."""
+    return flush_subnormal(w_stepped * pwd_factor(w_old, p, decay, l2_decay))
 
 
-def _fixed_p_factor_kernel(w: Tensor, out: Tensor, decay: Tensor, l2_decay: Tensor, *, p: float) -> None:
-    """Factor with the exponent baked in (fixed p: ``|w|``, ``sqrt`` ... instead of ``pow``)."""
-    out.copy_(pwd_factor(_at_least_fp32(w), p, decay, l2_decay))
-
-
-def _apply_kernel(w: Tensor, factor: Tensor) -> None:
-    w.mul_(factor.to(w.dtype))
-
-
-def _update(w_old: Tensor, w_stepped: Tensor, p: Tensor, decay: Tensor, l2_decay: Tensor) -> Tensor:
-    return w_stepped * pwd_factor(w_old, p, decay, l2_decay)
-
-
-def _fixed_p_update(w_old: Tensor, w_stepped: Tensor, decay: Tensor, l2_decay: Tensor, *, p: float) -> Tensor:
-    return w_stepped * pwd_factor(w_old, p, decay, l2_decay)
+def _pwd_fixed_p_update(w_old: Tensor, w_stepped: Tensor, decay: Tensor, l2_decay: Tensor, *, p: float) -> Tensor:
+    """Fixed p: the exponent baked in (``|w|``, ``sqrt`` ... instead of ``pow``)."""
+    return flush_subnormal(w_stepped * pwd_factor(w_old, p, decay, l2_decay))
 
 
 @register_regularizer
@@ -63,19 +55,29 @@ class PWDRegularizer(Regularizer):
     name = "pwd"
     modes = ("decoupled",)
     paper_mode = "decoupled"
+    params = (
+        Param("p", "lp_p", 1.0, "Exponent p in (0, 2] of the decayed norm.", low=0.0, high=2.0, low_open=True),
+        Param("l2_strength", "pwd_l2_strength", 0.0, "Elastic-net L2 strength >= 0 (0: plain pWD).", low=0.0),
+        Param("p_start", "pwd_p_start", 2.0, "Starting exponent of the p schedule, in [p, 2].", low=0.0, high=2.0,
+              low_open=True),
+        Param("p_schedule_steps", "pwd_p_schedule_steps", 0, "Optimizer steps over which p moves linearly from "
+              "p_start to p (0: no schedule).", low=0, integer=True),
+    )
+    citation = Citation(
+        title="decoupled p-norm weight decay (pWD)",
+        reference="Outmezguine & Levi, Decoupled Weight Decay for Any p Norm, arXiv:2404.10824",
+        bibtex="@article{outmezguine2024pwd,\n  title={Decoupled Weight Decay for Any p Norm},\n"
+               "  author={Outmezguine, Nadav Joseph and Levi, Noam},\n  journal={arXiv preprint arXiv:2404.10824},\n"
+               "  year={2024}\n}")
+    density_family = "laplace"
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, p: float = 1.0, l2_strength: float = 0.0,
                  p_start: float = 2.0, p_schedule_steps: int = 0, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
-        self.p = check_number("lp_p", p, low=0.0, high=2.0, low_open=True)
-        self.l2_strength = check_number("pwd_l2_strength", l2_strength, low=0.0)
-        self.p_start = check_number("pwd_p_start", p_start, low=self.p, high=2.0)
-        self.p_schedule_steps = int(check_number("pwd_p_schedule_steps", p_schedule_steps, low=0))
-        self._factor = TensorwiseKernel(_factor_kernel, fused_backend)
-        self._fixed_factor = TensorwiseKernel(functools.partial(_fixed_p_factor_kernel, p=self.p), fused_backend)
-        self._apply = TensorwiseKernel(_apply_kernel, fused_backend)
-        self._buffers: dict[int, Tensor] = {}
-        self._fixed_p_update = functools.partial(_fixed_p_update, p=self.p)
+        self._set_params(p=p, l2_strength=l2_strength, p_start=p_start, p_schedule_steps=p_schedule_steps)
+        if self.p_start < self.p:
+            raise ValueError(f"`pwd_p_start` must be a finite number in [{self.p}, 2.0] (lp_p to 2), got {p_start!r}.")
+        self._fixed_p_update = functools.partial(_pwd_fixed_p_update, p=self.p)
 
     def current_p(self) -> float:
         """The exponent in force at the current optimizer step."""
@@ -93,38 +95,11 @@ class PWDRegularizer(Regularizer):
                 [lp_math.l2_penalty(w) for w in params]).sum()
         return total
 
-    def _buffers_for(self, params: Sequence[Tensor]) -> list[Tensor]:
-        out = []
-        for w in params:
-            buf = self._buffers.get(id(w))
-            if buf is None or buf.shape != w.shape or buf.device != w.device:
-                buf = torch.empty_like(w, dtype=torch.promote_types(w.dtype, torch.float32),
-                                      memory_format=torch.contiguous_format)
-                self._buffers[id(w)] = buf
-            out.append(buf)
-        return out
-
-    def decoupled_pre_step_(self, params, lr):
+    def elementwise_terms(self, lr, mode=None):
         p = self.current_p()
-        buffers = self._buffers_for(params)
         if p == self.p:  # no schedule, or it has ended
-            self._fixed_factor([params, buffers], [p * lr * self.strength, lr * self.l2_strength])
-        else:
-            self._factor([params, buffers], [p, p * lr * self.strength, lr * self.l2_strength])
-
-    def decoupled_post_step_(self, params, lr):
-        self._apply([params, self._buffers_for(params)])
-
-    def forget_buffers(self) -> None:
-        self._buffers.clear()
-
-    def elementwise_terms(self, lr):
-        p = self.current_p()
-        if p == self.p:
-            return ElementwiseTerms(update=self._fixed_p_update,
+            return ElementwiseTerms(update=self._fixed_p_update, update_reads_old=True,
                                     update_scalars=(p * lr * self.strength, lr * self.l2_strength))
-        return ElementwiseTerms(update=_update, update_scalars=(p, p * lr * self.strength, lr * self.l2_strength))
+        return ElementwiseTerms(update=_pwd_update, update_reads_old=True,
+                                update_scalars=(p, p * lr * self.strength, lr * self.l2_strength))
 
-    def hparams(self):
-        return {**super().hparams(), "lp_p": self.p, "pwd_l2_strength": self.l2_strength,
-                "pwd_p_start": self.p_start, "pwd_p_schedule_steps": self.p_schedule_steps}

@@ -10,11 +10,14 @@ With ``psi = d/dw log f`` read from the unit-dispersion lookup table
 (:mod:`hf_soft_diamond.priors.sas`) and ``psi_gamma(w) = psi_1(w/c)/c``:
 
 * coupled (the paper, with SGD + momentum): ``grad += -strength * psi_gamma(w)``;
-* decoupled (for adaptive optimizers, like AdamW for L2):
-  ``w <- w + lr * strength * psi_gamma(w)`` applied just before the optimizer's own
-  update, as AdamW applies its decay. For optimizers whose update does not read
-  the weights (SGD, Adam, RMSprop, ... with weight_decay 0) this equals adding
-  ``lr*strength*psi_gamma(w_old)`` after the step.
+* decoupled (the default under Adam-family optimizers, like AdamW for L2): after the
+  optimizer's own step ``w_hat``, ``w <- w_hat + lr * strength * psi_gamma(w_hat)``, and
+  0 where that pull would carry the weight across zero. The pull always points at 0
+  (psi is odd and negative for w > 0); near 0 it is linear with slope
+  ``psi'(0) / c^2``, so without the guard a step with ``lr * strength * |psi'(0)| / c^2 > 2``
+  would overshoot and oscillate (at alpha 0.5, gamma 0.1 the slope is ~1e6). With it the
+  update is stable at any ``lr * strength`` and leaves exact zeros, as L1's proximal
+  step does; to first order in ``lr`` it is AdamW's order (pull at ``w_old``, then the step).
 """
 
 from __future__ import annotations
@@ -25,36 +28,29 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..fused import Backend, TensorwiseKernel, _at_least_fp32
+from ..fused import Backend
 from ..priors.sas import get_sas_table, sas_log_pdf
-from .base import ElementwiseTerms, Regularizer, check_number, register_regularizer
-
+from .base import Citation, ElementwiseTerms, Param, Regularizer, register_regularizer
 
 SCORE_PATHS: tuple[str, ...] = ("fast", "table")
 
 
-def _grad_kernel(w: Tensor, g: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> None:
-    # g += -strength * psi_gamma(w) = -strength * psi_1(w/c) / c ; coef = strength / c.
-    # The partials hold the table and a bool (not a bound method, a new object per
-    # access), so compiled graphs are reused across regularizers.
-    wf = _at_least_fp32(w)
-    g.add_(table.score_signed(wf, inv_c.to(wf.dtype), fast=fast, out_scale=-coef.to(wf.dtype)).to(g.dtype))
-
-
-def _decoupled_kernel(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> None:
-    # w += lr * strength * psi_gamma(w) ; coef = lr * strength / c
-    wf = _at_least_fp32(w)
-    w.add_(table.score_signed(wf, inv_c.to(wf.dtype), fast=fast, out_scale=coef.to(wf.dtype)).to(w.dtype))
-
-
-def _grad_term(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
-    # -strength * psi_gamma(w); coef = strength / c
+# The per-step formulas (the only place they are written; hooks and RegularizedAdamW derive
+# from them). The partials hold the table and a bool (not a bound method, a new object per
+# access), so compiled graphs are reused across regularizers.
+def _sas_grad(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
+    # -strength * psi_gamma(w) = -strength * psi_1(w/c) / c ; coef = strength / c
     return table.score_signed(w, inv_c.to(w.dtype), fast=fast, out_scale=-coef.to(w.dtype))
 
 
-def _decoupled_update(w_old: Tensor, w_stepped: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
-    # the pull lr * strength * psi_gamma(w_old), applied with the step (as AdamW's decay)
-    return w_stepped + table.score_signed(w_old, inv_c.to(w_old.dtype), fast=fast, out_scale=coef.to(w_old.dtype))
+def _sas_pull(w_old: Tensor, w_stepped: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
+    # after the step: w_hat + lr * strength * psi_gamma(w_hat), and 0 where that crosses (or reaches) zero;
+    # coef = lr * strength / c
+    moved = w_stepped + table.score_signed(w_stepped, inv_c.to(w_stepped.dtype), fast=fast,
+                                           out_scale=coef.to(w_stepped.dtype))
+    # (by sign comparisons: no underflow of a product; a NaN compares False and stays NaN for the guard)
+    crossed = ((moved > 0) & (w_stepped < 0)) | ((moved < 0) & (w_stepped > 0))
+    return torch.where(crossed, torch.zeros((), dtype=moved.dtype, device=moved.device), moved)
 
 
 @register_regularizer
@@ -71,32 +67,40 @@ class SaSRegularizer(Regularizer):
             (no log, no gather; about 2n+8 flops, n = 4-9), measured max relative error of
             the score vs the table over z = |w|/c in [1e-30, 1e30] (float32): <= 1.5e-4 for
             alpha in [0.3, 2) (e.g. 9.3e-5 at 0.3, 1.0e-4 at 0.5 (1.2e-4 with float32
-            rounding on a finer grid), 4.5e-5 at 1.3, 3.5e-5 at 1.5, 9.8e-5 at 1.9), 3.3e-4 at 0.25, exact at alpha 1 and 2 (table read where no
+            rounding on a finer grid), 4.5e-5 at 1.3, 3.5e-5 at 1.5, 9.8e-5 at 1.9), 3.3e-4 at 0.25,
+            exact at alpha 1 and 2 (table read where no
             fit exists, alpha < 0.25); slope at 0 and tail -(1+alpha)/z exact. ``"table"``:
             the exact cubic table read (~3e-7; log + gather, ~10x slower on CPU).
             ``penalty_terms`` always uses the exact table.
     """
 
     name = "sas"
+    params = (
+        Param("alpha", "sas_alpha", 1.5, "SaS tail index alpha in (0, 2] (2: Gaussian, 1: Cauchy, <1: sub-Cauchy).",
+              low=0.0, high=2.0, low_open=True),
+        Param("gamma", "sas_gamma", 0.5, "SaS dispersion gamma > 0 (scale gamma**(1/alpha)).", low=0.0, low_open=True),
+        Param("score_path", "sas_score_path", "fast", "How the per-step kernels read the score: 'fast' (rational "
+              "approximant, <= 1.5e-4 relative error) or 'table' (exact cubic table read).", choices=SCORE_PATHS),
+    )
+    citation = Citation(
+        title="soft-diamond symmetric alpha-stable prior",
+        reference="Adigun & Kosko, Soft Diamond Regularizers for Deep Learning, arXiv:2412.20724",
+        bibtex="@article{adigun2024softdiamond,\n  title={Soft Diamond Regularizers for Deep Learning},\n"
+               "  author={Adigun, Olaoluwa and Kosko, Bart},\n  journal={arXiv preprint arXiv:2412.20724},\n"
+               "  year={2024}\n}")
+    density_family = "sas"
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, alpha: float = 1.5, gamma: float = 0.5,
                  fused_backend: Backend = "auto", score_path: str = "fast") -> None:
         super().__init__(strength, mode, fused_backend)
-        self.alpha = check_number("sas_alpha", alpha, low=0.0, high=2.0, low_open=True)
-        self.gamma = check_number("sas_gamma", gamma, low=0.0, low_open=True)
+        self._set_params(alpha=alpha, gamma=gamma, score_path=score_path)
         self.scale = self.gamma ** (1.0 / self.alpha)
-        if score_path not in SCORE_PATHS:
-            raise ValueError(f"`sas_score_path` must be one of {SCORE_PATHS}, got {score_path!r}.")
-        self.score_path = score_path
         self.table = get_sas_table(self.alpha)
         if score_path == "fast":
             _ = self.table.fast  # fit now (tens of ms), outside torch.compile
         fast = score_path == "fast"
-        self._grad = TensorwiseKernel(functools.partial(_grad_kernel, table=self.table, fast=fast), fused_backend)
-        self._decoupled = TensorwiseKernel(functools.partial(_decoupled_kernel, table=self.table, fast=fast),
-                                           fused_backend)
-        self._grad_term = functools.partial(_grad_term, table=self.table, fast=fast)
-        self._decoupled_update = functools.partial(_decoupled_update, table=self.table, fast=fast)
+        self._grad = functools.partial(_sas_grad, table=self.table, fast=fast)
+        self._pull = functools.partial(_sas_pull, table=self.table, fast=fast)
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         zero = torch.zeros((), dtype=torch.float64)
@@ -105,18 +109,11 @@ class SaSRegularizer(Regularizer):
             (log_f0 - sas_log_pdf(w.detach().double(), self.alpha, self.gamma)).sum() for w in params
         ]).sum()
 
-    def add_coupled_grad_(self, params, grads, lr):
-        self._grad([params, grads], [self.strength / self.scale, 1.0 / self.scale])
+    def elementwise_terms(self, lr, mode=None):
+        if self._mode_of(mode) == "coupled":
+            return ElementwiseTerms(grad=self._grad, grad_scalars=(self.strength / self.scale, 1.0 / self.scale))
+        return ElementwiseTerms(update=self._pull, update_scalars=(lr * self.strength / self.scale, 1.0 / self.scale))
 
-    def decoupled_pre_step_(self, params, lr):
-        self._decoupled([params], [lr * self.strength / self.scale, 1.0 / self.scale])
-
-    def elementwise_terms(self, lr):
-        if self.mode == "coupled":
-            return ElementwiseTerms(grad=self._grad_term, grad_scalars=(self.strength / self.scale, 1.0 / self.scale))
-        return ElementwiseTerms(update=self._decoupled_update,
-                                update_scalars=(lr * self.strength / self.scale, 1.0 / self.scale))
-
-    def hparams(self):
-        return {**super().hparams(), "sas_alpha": self.alpha, "sas_gamma": self.gamma,
-                "sas_score_path": self.score_path}
+    @classmethod
+    def log_density(cls, x: Tensor, hparams: dict) -> Tensor:
+        return sas_log_pdf(x, float(hparams["sas_alpha"]), float(hparams["sas_gamma"]))

@@ -1,4 +1,4 @@
-"""Heavy-tailed spectral regularizers (Xiao et al., arXiv 2304.02911; METHODS.md section 4).
+"""Heavy-tailed spectral regularizers (Xiao et al., arXiv 2304.02911; docs/methods.md §6).
 
 ``weighted_alpha``, ``stable_rank``, ``powerlaw_prior`` and ``frechet_prior``: penalties on
 the eigenvalues ``lambda_i = sigma_i(W)^2`` of ``W^T W`` of each regularized weight (a
@@ -43,16 +43,16 @@ Anti-over-regularization variants (both optional, combinable):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..fused import Backend
 from ..priors import spectral as sp
-from .base import Regularizer, check_number, register_regularizer
+from .base import Citation, Param, Regularizer, check_number, register_regularizer
 
 #: Default ``refresh_every`` per regularizer, chosen from benchmarks/bench_spectral.py
 #: (RESULTS.md, "Spectral regularizers"): on the Marian-like model (97 matrices, a full
@@ -66,6 +66,41 @@ DEFAULT_REFRESH_EVERY: dict[str, int] = {"weighted_alpha": 25, "powerlaw_prior":
 DECAYS: tuple[str, ...] = ("none", "power", "exponential")
 THRESHOLD_SCOPES: tuple[str, ...] = ("layer", "total")
 _REFRESH_CHUNK = 32  # layers per batched eigh/SVD call (bounds the temporary memory)
+
+#: The options every spectral regularizer takes (keywords of :class:`_SpectralRegularizer`).
+SPECTRAL_PARAMS: tuple[Param, ...] = (
+    Param("refresh_every", "spectral_refresh_every", None, "Full spectrum every this many optimizer steps (1: "
+          "exact every step; None: the regularizer's default, DEFAULT_REFRESH_EVERY).", low=1, integer=True,
+          allow_none=True),
+    Param("conv_mode", "spectral_conv_mode", "flatten", "Conv kernels: 'flatten' (one matrix) or 'per_position'.",
+          choices=sp.CONV_MODES),
+    Param("decay", "spectral_decay", "none", "Epoch decay of the strength: 'none', 'power' or 'exponential'.",
+          choices=DECAYS),
+    Param("decay_k", "spectral_decay_k", 1.0, "Decay rate k >= 0.", low=0.0),
+    Param("decay_epochs", "spectral_decay_epochs", 1.0, "Epochs per decay stage (> 0).", low=0.0, low_open=True),
+    Param("threshold", "spectral_threshold", 0.0, "The decayed penalty switches off once its factor is <= this.",
+          low=0.0),
+    Param("lower_threshold", "spectral_lower_threshold", None, "Apply a term only while its value exceeds this "
+          "(None: always).", allow_none=True),
+    Param("threshold_scope", "spectral_threshold_scope", "layer", "What lower_threshold compares: each 'layer' or "
+          "the 'total'.", choices=THRESHOLD_SCOPES),
+    Param("steps_per_epoch", "spectral_steps_per_epoch", 0, "Derive the epoch from the step counter (0: off; the "
+          "Trainer sets the epoch itself).", low=0, integer=True),
+    Param("power_iters", "spectral_power_iters", 1, "Warm-started power iterations per step (>= 1).", low=1,
+          integer=True),
+    Param("method", "spectral_method", "eigh", "Full-spectrum method: 'eigh' (Gram matrix) or 'svd'.",
+          choices=sp.METHODS),
+    Param("rtol", "spectral_rtol", None, "Zero tolerance of eigenvalues (> 0; None: max(N, M) * eps(float32)).",
+          low=0.0, low_open=True, allow_none=True),
+)
+
+SPECTRAL_CITATION = Citation(
+    title="heavy-tailed spectral regularizer",
+    reference="Xiao, Li, Xie & Zhou, Heavy-Tailed Regularization of Weight Matrices in Deep Neural Networks, "
+              "arXiv:2304.02911",
+    bibtex="@article{xiao2023heavytailed,\n  title={Heavy-Tailed Regularization of Weight Matrices in Deep Neural "
+           "Networks},\n  author={Xiao, Xuanzhe and Li, Zeng and Xie, Chuanlong and Zhou, Fengwei},\n"
+           "  journal={arXiv preprint arXiv:2304.02911},\n  year={2023}\n}")
 
 
 @dataclass
@@ -126,35 +161,21 @@ class _SpectralRegularizer(Regularizer):
         rtol: zero tolerance of eigenvalues (``None``: ``max(N, M) * eps(float32)``).
     """
 
+    params = SPECTRAL_PARAMS
+    citation = SPECTRAL_CITATION
+
     def __init__(self, strength: float = 0.0, mode: str | None = None, *, refresh_every: int | None = None,
                  conv_mode: str = "flatten", decay: str = "none", decay_k: float = 1.0, decay_epochs: float = 1.0,
                  threshold: float = 0.0, lower_threshold: float | None = None, threshold_scope: str = "layer",
                  steps_per_epoch: int = 0, power_iters: int = 1, method: str = "eigh", rtol: float | None = None,
                  fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)
-        if refresh_every is None:
-            refresh_every = DEFAULT_REFRESH_EVERY.get(self.name, 25)
-        self.refresh_every = _check_int("spectral_refresh_every", refresh_every, 1)
-        if conv_mode not in sp.CONV_MODES:
-            raise ValueError(f"`spectral_conv_mode` must be one of {sp.CONV_MODES}, got {conv_mode!r}.")
-        self.conv_mode = conv_mode
-        if decay not in DECAYS:
-            raise ValueError(f"`spectral_decay` must be one of {DECAYS}, got {decay!r}.")
-        self.decay = decay
-        self.decay_k = check_number("spectral_decay_k", decay_k, low=0.0)
-        self.decay_epochs = check_number("spectral_decay_epochs", decay_epochs, low=0.0, low_open=True)
-        self.threshold = check_number("spectral_threshold", threshold, low=0.0)
-        self.lower_threshold = (None if lower_threshold is None
-                                else check_number("spectral_lower_threshold", lower_threshold))
-        if threshold_scope not in THRESHOLD_SCOPES:
-            raise ValueError(f"`spectral_threshold_scope` must be one of {THRESHOLD_SCOPES}, got {threshold_scope!r}.")
-        self.threshold_scope = threshold_scope
-        self.steps_per_epoch = _check_int("spectral_steps_per_epoch", steps_per_epoch, 0)
-        self.power_iters = _check_int("spectral_power_iters", power_iters, 1)
-        if method not in sp.METHODS:
-            raise ValueError(f"`spectral_method` must be one of {sp.METHODS}, got {method!r}.")
-        self.method = method
-        self.rtol = None if rtol is None else check_number("spectral_rtol", rtol, low=0.0, low_open=True)
+        self._set_params(refresh_every=refresh_every, conv_mode=conv_mode, decay=decay, decay_k=decay_k,
+                         decay_epochs=decay_epochs, threshold=threshold, lower_threshold=lower_threshold,
+                         threshold_scope=threshold_scope, steps_per_epoch=steps_per_epoch, power_iters=power_iters,
+                         method=method, rtol=rtol)
+        if self.refresh_every is None:
+            self.refresh_every = DEFAULT_REFRESH_EVERY.get(self.name, 25)
         self._epoch: float | None = None
         self._states: dict[int, _LayerState] = {}
         self.refresh_count = 0  # full-spectrum computations done (layers), for tests and benchmarks
@@ -328,15 +349,6 @@ class _SpectralRegularizer(Regularizer):
         return torch.tensor(factor * total, dtype=torch.float64)
 
     # ------------------------------------------------------------ state
-    def hparams(self) -> dict[str, Any]:
-        return {**super().hparams(), "spectral_refresh_every": self.refresh_every,
-                "spectral_conv_mode": self.conv_mode, "spectral_decay": self.decay,
-                "spectral_decay_k": self.decay_k, "spectral_decay_epochs": self.decay_epochs,
-                "spectral_threshold": self.threshold, "spectral_lower_threshold": self.lower_threshold,
-                "spectral_threshold_scope": self.threshold_scope, "spectral_steps_per_epoch": self.steps_per_epoch,
-                "spectral_power_iters": self.power_iters, "spectral_method": self.method,
-                "spectral_rtol": self.rtol}
-
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "epoch": self._epoch}
 
@@ -361,21 +373,11 @@ class _SpectralRegularizer(Regularizer):
             return x.to(param.device) if isinstance(x, Tensor) else x
 
         layout = self._layout(param)
-        self._states[id(param)] = _LayerState(layout=layout, **{k: on_device(state[k]) for k in self._PARAM_STATE_FIELDS})
+        fields = {k: on_device(state[k]) for k in self._PARAM_STATE_FIELDS}
+        self._states[id(param)] = _LayerState(layout=layout, **fields)
 
     def forget_buffers(self) -> None:
         self._states.clear()
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    try:
-        v = int(value)
-        ok = v == value and v >= low
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return v
 
 
 # ============================================================================ regularizers
@@ -402,10 +404,14 @@ class WeightedAlphaRegularizer(_SpectralRegularizer):
     """
 
     name = "weighted_alpha"
+    params = (Param("hill_k", "spectral_hill_k", None, "Tail size of the Hill estimator (None or 0: half of the "
+                    "kept eigenvalues).", low=0, integer=True, allow_none=True), *SPECTRAL_PARAMS)
 
-    def __init__(self, strength: float = 0.0, mode: str | None = None, hill_k: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, strength: float = 0.0, mode: str | None = None, hill_k: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
-        self.hill_k = None if hill_k in (None, 0) else _check_int("spectral_hill_k", hill_k, 1)
+        self._set_params(hill_k=hill_k)
+        self.hill_k = self.hill_k or None  # 0 means the default
 
     def _exact_fn(self, lam, valid):
         return sp.weighted_alpha_penalty(lam, valid, self.hill_k)
@@ -427,8 +433,6 @@ class WeightedAlphaRegularizer(_SpectralRegularizer):
         g.add_(st.frozen_grad.to(g.dtype), alpha=scale * math.log(sigma * sigma))
         _add_rank1_(g, st.layout, i, st.u[i], st.v[i], scale * st.alpha * 2.0 / sigma)
 
-    def hparams(self):
-        return {**super().hparams(), "spectral_hill_k": self.hill_k}
 
 
 @register_regularizer
@@ -471,12 +475,14 @@ class PowerLawPriorRegularizer(_SpectralRegularizer):
     """
 
     name = "powerlaw_prior"
+    params = (Param("a", "powerlaw_a", 2.0, "Power-law exponent a > 0.", low=0.0, low_open=True),
+              Param("lambda_min", "powerlaw_lambda_min", 0.0, "Lower edge of the power law (>= 0).", low=0.0),
+              *SPECTRAL_PARAMS)
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, a: float = 2.0, lambda_min: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
-        self.a = check_number("powerlaw_a", a, low=0.0, low_open=True)
-        self.lambda_min = check_number("powerlaw_lambda_min", lambda_min, low=0.0)
+        self._set_params(a=a, lambda_min=lambda_min)
 
     def _exact_fn(self, lam, valid):
         return sp.powerlaw_penalty(lam, valid, self.a, self.lambda_min)
@@ -494,8 +500,6 @@ class PowerLawPriorRegularizer(_SpectralRegularizer):
     def _add_grad_(self, p, g, st, scale):
         g.add_(st.frozen_grad.to(g.dtype), alpha=scale)
 
-    def hparams(self):
-        return {**super().hparams(), "powerlaw_a": self.a, "powerlaw_lambda_min": self.lambda_min}
 
 
 @register_regularizer
@@ -514,13 +518,15 @@ class FrechetPriorRegularizer(_SpectralRegularizer):
     """
 
     name = "frechet_prior"
+    params = (Param("a", "frechet_a", 2.0, "Frechet shape a > 0.", low=0.0, low_open=True),
+              Param("s", "frechet_s", 1.0, "Frechet scale s > 0.", low=0.0, low_open=True),
+              Param("m", "frechet_m", 0.0, "Frechet location m (any finite number)."),
+              *SPECTRAL_PARAMS)
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, a: float = 2.0, s: float = 1.0, m: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(strength, mode, **kwargs)
-        self.a = check_number("frechet_a", a, low=0.0, low_open=True)
-        self.s = check_number("frechet_s", s, low=0.0, low_open=True)
-        self.m = check_number("frechet_m", m)
+        self._set_params(a=a, s=s, m=m)
 
     def _exact_fn(self, lam, valid):
         return sp.frechet_penalty_from_spectrum(lam, valid, self.a, self.s, self.m)
@@ -533,5 +539,3 @@ class FrechetPriorRegularizer(_SpectralRegularizer):
         slope = float(sp.frechet_slope(torch.tensor(sigma * sigma, dtype=torch.float64), self.a, self.s, self.m))
         _add_rank1_(g, st.layout, i, st.u[i], st.v[i], scale * slope * 2.0 * sigma)
 
-    def hparams(self):
-        return {**super().hparams(), "frechet_a": self.a, "frechet_s": self.s, "frechet_m": self.m}

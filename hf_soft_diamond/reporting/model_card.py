@@ -25,49 +25,22 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "hf_soft_diamond_card.md"  # model_cards/ links here
+from ..regularizers import get_regularizer_class
+from ..regularizers.base import UNCITED, Citation
 
-PAPERS: dict[str, tuple[str, str, str]] = {
-    # name -> (title, short reference, bibtex)
-    "sas": (
-        "soft-diamond symmetric alpha-stable prior",
-        "Adigun & Kosko, Soft Diamond Regularizers for Deep Learning, arXiv:2412.20724",
-        "@article{adigun2024softdiamond,\n  title={Soft Diamond Regularizers for Deep Learning},\n"
-        "  author={Adigun, Olaoluwa and Kosko, Bart},\n  journal={arXiv preprint arXiv:2412.20724},\n  year={2024}\n}",
-    ),
-    "pwd": (
-        "decoupled p-norm weight decay (pWD)",
-        "Outmezguine & Levi, Decoupled Weight Decay for Any p Norm, arXiv:2404.10824",
-        "@article{outmezguine2024pwd,\n  title={Decoupled Weight Decay for Any p Norm},\n"
-        "  author={Outmezguine, Nadav Joseph and Levi, Noam},\n  journal={arXiv preprint arXiv:2404.10824},\n"
-        "  year={2024}\n}",
-    ),
-    "spectral": (
-        "heavy-tailed spectral regularizer",
-        "Xiao, Li, Xie & Zhou, Heavy-Tailed Regularization of Weight Matrices in Deep Neural Networks, "
-        "arXiv:2304.02911",
-        "@article{xiao2023heavytailed,\n  title={Heavy-Tailed Regularization of Weight Matrices in Deep Neural "
-        "Networks},\n  author={Xiao, Xuanzhe and Li, Zeng and Xie, Chuanlong and Zhou, Fengwei},\n"
-        "  journal={arXiv preprint arXiv:2304.02911},\n  year={2023}\n}",
-    ),
-    "baseline": (
-        "L1/L2 baseline",
-        "the L1/L2 baselines of Adigun & Kosko, arXiv:2412.20724",
-        "@article{adigun2024softdiamond,\n  title={Soft Diamond Regularizers for Deep Learning},\n"
-        "  author={Adigun, Olaoluwa and Kosko, Bart},\n  journal={arXiv preprint arXiv:2412.20724},\n  year={2024}\n}",
-    ),
-}
-SPECTRAL = {"weighted_alpha", "stable_rank", "powerlaw_prior", "frechet_prior"}
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "hf_soft_diamond_card.md"  # model_cards/ links here
 
 #: Below this unpruned metric (BLEU points; accuracy in % for 10 classes: chance + 10) the
 #: prune curve's "sparsity within 1 point" is not a finding: there is nothing left to lose.
 MEANINGFUL_METRIC_FLOOR: dict[str, float] = {"translation": 5.0, "image-classification": 20.0}
 
 
-def _paper_key(name: str) -> str:
-    if name in ("sas", "pwd"):
-        return name
-    return "spectral" if name in SPECTRAL else "baseline"
+def citation_of(name: str) -> Citation:
+    """The registered citation of regularizer ``name`` (:data:`UNCITED` for an unknown name)."""
+    try:
+        return get_regularizer_class(name).citation
+    except ValueError:
+        return UNCITED
 
 
 def _metric(results: Mapping[str, Any], name: str) -> tuple[str, Any] | None:
@@ -96,7 +69,8 @@ def render_model_card(
     task = results.get("task", "translation" if _metric(results, "bleu") else "image-classification")
     reg = dict(results.get("regularizer") or {"regularizer": "none"})
     reg_name = str(reg.get("regularizer", "none"))
-    title, paper, bibtex = PAPERS[_paper_key(reg_name)]
+    cited = citation_of(reg_name)
+    title, paper, bibtex = cited.title, cited.reference, cited.bibtex
     dataset = str(results.get("dataset_name") or "unknown dataset")
     config = results.get("dataset_config_name")
     dataset_title = f"{dataset} ({config})" if config else dataset
@@ -133,7 +107,8 @@ def render_model_card(
     for group, label in (("regularized", "regularized"), ("all", "all")):
         if group in sparsity:
             sparsity_rows.append({"name": label,
-                                  "values": [f"{100 * float(sparsity[group].get(t, float('nan'))):.2f}%" for t in taus]})
+                                  "values": [f"{100 * float(sparsity[group].get(t, float('nan'))):.2f}%"
+                                             for t in taus]})
             for t in taus:
                 if t in sparsity[group]:
                     eval_results.append(EvalResult(

@@ -59,18 +59,32 @@ class FittedPrior:
     pdf: Callable[[np.ndarray], np.ndarray]
 
 
+def density_family_of(regularizer: str) -> str | None:
+    """The family a regularizer's plots fit (its registered ``density_family``); family names pass through."""
+    if regularizer in ("gaussian", "laplace", "sas"):
+        return regularizer
+    from ..regularizers import get_regularizer_class
+
+    try:
+        return get_regularizer_class(regularizer).density_family
+    except ValueError:
+        return "laplace"
+
+
 def fitted_prior_density(regularizer: str, weights: np.ndarray, *, alpha: float | None = None) -> FittedPrior:
     """Maximum-likelihood fit (zero location) of the run's prior family to ``weights``.
 
-    ``l2``: Gaussian (sigma); ``sas``: SaS at the given alpha (dispersion gamma);
-    anything else (``l1``, ``lp``, ``pwd``, ``none``): Laplace (scale b).
+    The family is the regularizer's registered ``density_family`` (or a family name):
+    ``gaussian`` (sigma; also SaS at alpha 2); ``sas`` at the given alpha (dispersion gamma);
+    ``laplace`` (scale b) otherwise.
     """
+    family = density_family_of(regularizer) or "laplace"
     w = weights[np.isfinite(weights)]
-    if regularizer == "l2" or (regularizer == "sas" and alpha == 2.0):
+    if family == "gaussian" or (family == "sas" and alpha == 2.0):
         sigma = float(np.sqrt(np.mean(w**2))) or 1e-12
         return FittedPrior(f"Gaussian fit, sigma={sigma:.3g}", {"sigma": sigma},
                            lambda x: stats.norm.pdf(x, scale=sigma))
-    if regularizer == "sas" and alpha is not None:
+    if family == "sas" and alpha is not None:
         from ..priors.sas import sas_log_pdf
 
         sample = w if w.size <= 200_000 else np.random.default_rng(0).choice(w, 200_000, replace=False)
@@ -110,6 +124,19 @@ def expected_bin_counts(pdf: Callable[[np.ndarray], np.ndarray], edges: np.ndarr
     return n * prob
 
 
+def _run_prior_log_density(regularizer: str, hparams: Mapping[str, float]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The run's own prior density (the registered ``log_density`` at the run's hyperparameters), or None."""
+    from ..regularizers import get_regularizer_class
+
+    try:
+        cls = get_regularizer_class(regularizer)
+        if cls.log_density(torch.zeros(1, dtype=torch.float64), dict(hparams)) is None:
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return lambda x: np.exp(cls.log_density(torch.from_numpy(np.asarray(x, np.float64)), dict(hparams)).numpy())
+
+
 def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none",
                           hparams: Mapping[str, float] | None = None, bins: int = 201,
                           title: str | None = None) -> Path:
@@ -124,20 +151,20 @@ def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none
     fig, ax = _new_figure()
     ax.bar(centers, np.maximum(counts, 0.5), width=edges[1] - edges[0], color="#4c72b0", alpha=0.75,
            label=f"weights (n={w.size:,})")
-    alpha = hparams.get("sas_alpha") if regularizer == "sas" else None
-    fit = fitted_prior_density(regularizer, w, alpha=alpha)
-    # overlays are expected counts per bin (n * probability of the bin), on the bars' scale:
-    # a point density times the bin width would spike for priors far narrower than a bin
-    ax.stairs(np.maximum(expected_bin_counts(fit.pdf, edges, w.size), 0.5), edges, color="#dd8452", lw=2,
-              label=fit.label, baseline=None)
-    if regularizer == "sas" and alpha is not None and "sas_gamma" in hparams:
-        from ..priors.sas import sas_log_pdf
-
-        gamma = float(hparams["sas_gamma"])
-        ax.stairs(np.maximum(expected_bin_counts(
-            lambda x: np.exp(sas_log_pdf(torch.from_numpy(np.asarray(x, np.float64)), alpha, gamma).numpy()),
-            edges, w.size), 0.5), edges, color="#55a868", lw=1.5, ls="--", baseline=None,
-            label=f"run prior, alpha={alpha:g}, gamma={gamma:g} (expected counts)")
+    family = density_family_of(regularizer)
+    alpha = hparams.get("sas_alpha") if family == "sas" else None
+    if family is not None:
+        fit = fitted_prior_density(regularizer, w, alpha=alpha)
+        # overlays are expected counts per bin (n * probability of the bin), on the bars' scale:
+        # a point density times the bin width would spike for priors far narrower than a bin
+        ax.stairs(np.maximum(expected_bin_counts(fit.pdf, edges, w.size), 0.5), edges, color="#dd8452", lw=2,
+                  label=fit.label, baseline=None)
+    run_prior = _run_prior_log_density(regularizer, hparams)
+    if run_prior is not None:
+        ax.stairs(np.maximum(expected_bin_counts(run_prior, edges, w.size), 0.5), edges, color="#55a868", lw=1.5,
+                  ls="--", baseline=None, label="run prior (" + ", ".join(
+                      f"{k}={v:g}" for k, v in hparams.items() if k.startswith(regularizer) and isinstance(v, float))
+                  + ", expected counts)")
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.5, top=2.0 * max(float(counts.max()), 1.0))
     ax.set_xlabel("weight value")
