@@ -5,7 +5,8 @@ Run it under ``torchrun`` (gloo on CPU) or as a plain script::
     python -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29533 \
         tests/_ddp_train.py --output_dir OUT --per_device_batch 4
 
-For every configuration in :data:`CONFIGS` each process writes ``OUT/<config>_rank<r>.pt``
+For every configuration in :data:`CONFIGS` (every registered regularizer in each of its modes)
+each process writes ``OUT/<config>_rank<r>.pt``
 (its final weights) and ``OUT/<config>_rank<r>.json`` (world size, optimizer steps the
 regularizer took, the Trainer's ``model_accepts_loss_kwargs``). The data are read in
 order (``train_sampling_strategy="sequential"``), so 2 processes x batch 4 see, at every
@@ -27,10 +28,19 @@ import torch  # noqa: E402
 
 from conftest import TinySeq2SeqData, base_args, tiny_marian  # noqa: E402
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "sas_coupled": {"regularizer": "sas", "reg_strength": 1e-2, "reg_mode": "coupled"},
-    "pwd_decoupled": {"regularizer": "pwd", "reg_strength": 1e-2, "reg_mode": "decoupled", "lp_p": 0.7},
-}
+
+def _registry_configs() -> dict[str, dict[str, Any]]:
+    """Every registered regularizer in every mode it declares (the contract battery's 2-process part),
+    plus pWD at p = 0.7."""
+    from hf_soft_diamond.regularizers import available_regularizers, get_regularizer_class
+
+    configs = {f"{name}_{mode}": {"regularizer": name, "reg_strength": 1e-2, "reg_mode": mode}
+               for name in available_regularizers() for mode in get_regularizer_class(name).modes}
+    configs["pwd_decoupled_p0.7"] = {"regularizer": "pwd", "reg_strength": 1e-2, "reg_mode": "decoupled", "lp_p": 0.7}
+    return configs
+
+
+CONFIGS: dict[str, dict[str, Any]] = _registry_configs()
 
 
 def train(output_dir: str | Path, per_device_batch: int, steps: int = 3, grad_accum: int = 1, **reg: Any):

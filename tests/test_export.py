@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import PAD, VOCAB, tiny_marian
 
+from conftest import PAD, VOCAB, tiny_marian
 from hf_soft_diamond import cli
 from hf_soft_diamond import export as ex
 from hf_soft_diamond.models import build_image_model
@@ -282,6 +283,9 @@ def test_translation_export_verifies_bleu_on_a_validation_file(tmp_path):
     assert ver["before"] == pytest.approx(bleu.corpus_score(hyps(model), [references]).score, abs=1e-9)
     assert ver["after"] == pytest.approx(bleu.corpus_score(hyps(reference), [references]).score, abs=1e-9)
     assert ver["data_source"]["validation_file"] == "argument" and ver["n_examples"] == 12
+    # the card's table survives the '|' of the sacrebleu signature: two columns on every row
+    rows = [line for line in (tmp_path / "out" / "README.md").read_text().splitlines() if line.startswith("|")]
+    assert any("nrefs:1" in r for r in rows) and all(len(re.findall(r"(?<!\\)\|", r)) == 3 for r in rows)
 
 
 # --------------------------------------------------------------------------- bad inputs
