@@ -166,16 +166,22 @@ def ship(summary: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global RUN
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", choices=STAGES, default="train", help="first stage to run (default: all)")
+    ap.add_argument("--until", choices=STAGES, default="ship", help="last stage to run (default: ship)")
+    ap.add_argument("--run_dir", default=str(RUN), help=f"the training run's folder (default: {RUN})")
     args, extra = ap.parse_known_args(argv)
-    first = STAGES.index(args.stage)
-    if first <= 0:
+    RUN = Path(args.run_dir).resolve()
+    first, last = STAGES.index(args.stage), STAGES.index(args.until)
+    if first <= 0 <= last:
         train(extra)
-    if first <= 1:
+    if first <= 1 <= last:
         average()
-    summary = evaluate() if first <= 2 else json.loads((RUN / "eval" / "summary.json").read_text())
-    ship(summary)
+    if first <= 2 <= last:
+        summary = evaluate()
+    if 3 <= last:
+        ship(summary if first <= 2 else json.loads((RUN / "eval" / "summary.json").read_text()))
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ def check_before_work(training_args: Any) -> None:
     except Exception as err:  # network errors, bad token: one line instead of a 100-line traceback later
         raise ValueError(f"`push_to_hub`: the Hub at {constants.ENDPOINT} did not accept the token or could not be "
                          f"reached ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the "
-                         "connection and the token, or drop --push_to_hub and upload the output folder later.") from None
+                         "connection and the token, or drop --push_to_hub and upload the output folder "
+                         "later.") from None
 
 
 @contextlib.contextmanager
@@ -270,8 +271,7 @@ def finish_run(
 ) -> dict[str, Any]:
     """Measure the trained model, write plots, ``all_results.json`` and the card; return the results."""
     from ..reporting.model_card import render_model_card
-    from ..reporting.plots import (plot_layer_sparsity, plot_prune_curves, plot_spectrum_history,
-                                   plot_weight_histogram)
+    from ..reporting.plots import plot_layer_sparsity, plot_prune_curves, plot_spectrum_history, plot_weight_histogram
     from ..sparsity import prune_curve, sparsity_at_max_loss
 
     output_dir = Path(output_dir)

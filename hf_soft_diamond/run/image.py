@@ -50,9 +50,19 @@ from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondTrainer
 from ..training_args import SoftDiamondTrainingArguments
-from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, final_split_and_prefix, finish_run, parse_config,
-                     train_and_evaluate, training_summary,
-                     write_json)
+from .common import (
+    FINAL_SPLITS,
+    PRUNE_FRACTIONS,
+    check_before_work,
+    final_split_and_prefix,
+    finish_run,
+    parse_config,
+    resolve_resume_checkpoint,
+    run_output_dir,
+    train_and_evaluate,
+    training_summary,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +74,8 @@ RECIPES = ("default", "paper")
 class ImageModelArguments:
     """Which classifier to train."""
 
-    model_type: str = field(default="resnet", metadata={"help": f"Config-built architecture: {list(IMAGE_MODEL_SIZES)}."})
+    model_type: str = field(default="resnet", metadata={
+        "help": f"Config-built architecture: {list(IMAGE_MODEL_SIZES)}."})
     model_size: str = field(default="small", metadata={
         "help": "Named size (resnet: tiny, small, resnet18; vit: tiny, small, base); see hf_soft_diamond.models."})
     model_name_or_path: str | None = field(default=None, metadata={
@@ -110,11 +121,15 @@ class ImageDataArguments:
     train_dir: str | None = field(default=None, metadata={"help": "Image folder DIR/<class>/<image> for training."})
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder for validation."})
     test_dir: str | None = field(default=None, metadata={"help": "Image folder for test."})
+    dataset_label: str | None = field(default=None, metadata={
+        "help": "How results and the model card name image-folder data (default: the folder's name, or its "
+                "parent's when the folder is a split such as DIR/train)."})
     validation_size: float = field(default=5000, metadata={
         "help": "When the data has no validation split: carve it from train (stratified, deterministic); an integer "
                 "count or a fraction < 1. Fashion-MNIST: the last 500 of each class."})
     hflip: bool = field(default=False, metadata={"help": "Random horizontal flip (p = 0.5)."})
-    crop_padding: int = field(default=0, metadata={"help": "Random crop after zero padding by this many pixels (0: off)."})
+    crop_padding: int = field(default=0, metadata={
+        "help": "Random crop after zero padding by this many pixels (0: off)."})
     cutout_size: int = field(default=0, metadata={"help": "Cutout: zero one square of this side per image (0: off)."})
     normalize: bool = field(default=True, metadata={"help": "Per-channel mean/std normalization (train statistics)."})
     recipe: str = field(default="default", metadata={
@@ -132,7 +147,8 @@ class ImageDataArguments:
     final_split: str = field(default="test", metadata={
         "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
                 "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
-    prune_eval_samples: int = field(default=2000, metadata={"help": "Images of the final split evaluated at each prune fraction."})
+    prune_eval_samples: int = field(default=2000, metadata={
+        "help": "Images of the final split evaluated at each prune fraction."})
 
     def __post_init__(self) -> None:
         if self.final_split not in FINAL_SPLITS:
@@ -156,6 +172,23 @@ class ImageDataArguments:
             path = getattr(self, name)
             if path is not None and not Path(path).is_dir():
                 raise ValueError(f"`{name}` {path!r} is not a directory.")
+            if path is not None and not any(p.is_dir() for p in Path(path).iterdir()):
+                raise ValueError(f"`{name}` {path!r} holds no class folders (expected DIR/<class>/<image>).")
+
+    @property
+    def data_label(self) -> str:
+        """The data's name in results and cards: ``dataset_label``, the corpus name, or the image folder's
+        name (its parent's when the folder is named after a split, e.g. ``cats_vs_dogs/train``)."""
+        if self.dataset_label:
+            return self.dataset_label
+        if not self.train_dir:
+            return str(self.dataset_name)
+        folder = Path(self.train_dir).resolve()
+        return folder.parent.name if folder.name.lower() in SPLIT_FOLDER_NAMES else folder.name
+
+
+#: Folder names that name a split, not a dataset (``--train_dir DATA/train`` is called ``DATA``).
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "validation", "valid", "val", "dev", "test", "testing"})
 
 
 def _size(value: float) -> int | float:
@@ -203,7 +236,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training_args.remove_unused_columns = False  # items are already {"pixel_values", "labels"}
     set_seed(training_args.seed)
     start = time.perf_counter()
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
+    check_before_work(training_args)
+    with run_output_dir(training_args):
+        return _run(model_args, data_args, training_args, start)
 
+
+def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, training_args: SoftDiamondTrainingArguments,
+         start: float) -> dict[str, Any]:
     with training_args.main_process_first(desc="decoding images"):
         splits = load_image_splits(data_args, model_args)
     splits = {
@@ -251,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_split, prefix = final_split_and_prefix(data_args.final_split, list(splits))
     results: dict[str, Any] = {
         "task": "image-classification",
-        "dataset_name": data_args.dataset_name if not data_args.train_dir else Path(data_args.train_dir).name,
+        "dataset_name": data_args.data_label,
         "dataset_config_name": data_args.dataset_config_name,
         "dataset_split": eval_split,
         "image_shape": [channels, side, side],

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +48,25 @@ from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_tran
 from ..spectrum_monitor import SpectrumCallback
 from ..trainer import SoftDiamondSeq2SeqTrainer
 from ..training_args import SoftDiamondSeq2SeqTrainingArguments
-from .common import (FINAL_SPLITS, PRUNE_FRACTIONS, check_before_work, final_split_and_prefix, finish_run,
-                     parse_config, resolve_resume_checkpoint, run_output_dir, train_and_evaluate, training_summary,
-                     write_json)
+from .common import (
+    FINAL_SPLITS,
+    PRUNE_FRACTIONS,
+    check_before_work,
+    final_split_and_prefix,
+    finish_run,
+    parse_config,
+    resolve_resume_checkpoint,
+    run_output_dir,
+    train_and_evaluate,
+    training_summary,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
+
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass
@@ -75,14 +86,20 @@ class ModelArguments:
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary of the tokenizer trained on the train split."})
     tokenizer_algorithm: str = field(default="bpe", metadata={"help": "bpe (byte-level, lossless) or unigram."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    model_dtype: str = field(default="float32", metadata={
+        "help": "dtype a pretrained checkpoint is loaded in: float32 (default: training keeps float32 weights even "
+                "from an fp16 checkpoint), bfloat16, float16 or auto (the checkpoint's own)."})
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is None and self.model_size not in TRANSLATION_MODEL_SIZES:
             raise ValueError(f"`model_size` must be one of {list(TRANSLATION_MODEL_SIZES)}, got {self.model_size!r}.")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"`model_dtype` must be one of {MODEL_DTYPES}, got {self.model_dtype!r}.")
         if self.tokenizer_algorithm not in ("bpe", "unigram"):
             raise ValueError(f"`tokenizer_algorithm` must be 'bpe' or 'unigram', got {self.tokenizer_algorithm!r}.")
         if self.vocab_size < 300:
-            raise ValueError(f"`vocab_size` must be >= 300 (byte-level BPE needs 256 + specials), got {self.vocab_size}.")
+            raise ValueError(f"`vocab_size` must be >= 300 (byte-level BPE needs 256 + specials), "
+                             f"got {self.vocab_size}.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}.")
         if isinstance(self.model_config_overrides, str):
@@ -93,7 +110,8 @@ class ModelArguments:
                                  f"{self.model_config_overrides!r}: {err}") from None
         if self.model_config_overrides is not None:
             if not isinstance(self.model_config_overrides, dict):
-                raise ValueError(f"`model_config_overrides` must be a JSON object, got {self.model_config_overrides!r}.")
+                raise ValueError(f"`model_config_overrides` must be a JSON object, "
+                                 f"got {self.model_config_overrides!r}.")
             if self.model_name_or_path is not None:
                 raise ValueError("`model_config_overrides` applies to config-built models only; it cannot change "
                                  f"the pretrained `model_name_or_path` {self.model_name_or_path!r}.")
@@ -282,7 +300,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with training_args.main_process_first(desc="loading data"):
         raw = load_raw_datasets(data_args, model_args)
     check_splits(raw, data_args, training_args)
-    src, tgt = data_args.source_lang, data_args.target_lang
 
     with run_output_dir(training_args):
         return _run(model_args, data_args, training_args, raw, start)
@@ -294,7 +311,8 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
     # ------------------------------------------------------------------ model + tokenizer
     if model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-        model = load_translation_model(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+        dtype = model_args.model_dtype if model_args.model_dtype == "auto" else getattr(torch, model_args.model_dtype)
+        model = load_translation_model(model_args.model_name_or_path, cache_dir=model_args.cache_dir, dtype=dtype)
     else:
         if "train" not in raw:
             raise ValueError("a config-built model (no --model_name_or_path) needs a train split for its tokenizer.")
