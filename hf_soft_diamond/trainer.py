@@ -54,8 +54,7 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from .hooks import RegularizerHandle, attach_regularizer
 from .optim import FusedRegularizerHandle, RegularizedAdamW
 from .regularizers import select_parameters
-from .training_args import (SoftDiamondArgumentsMixin, SoftDiamondSeq2SeqTrainingArguments,
-                            SoftDiamondTrainingArguments)
+from .training_args import SoftDiamondArgumentsMixin, SoftDiamondSeq2SeqTrainingArguments, SoftDiamondTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +251,7 @@ class SoftDiamondTrainerMixin:
         return [n for n, _ in select_parameters(self.model, **self.args.selection_kwargs())]
 
     def regularizer_penalty(self) -> float:
-        """``strength * R(w)`` of the regularized weights now (the handle's, or a fresh regularizer's before training)."""
+        """``strength * R(w)`` of the regularized weights now (the handle's; a fresh regularizer's before training)."""
         if self.regularizer_handle is not None:
             return self.regularizer_handle.penalty()
         params = [p for _, p in select_parameters(self.model, **self.args.selection_kwargs())]
