@@ -782,7 +782,7 @@ def render_export_card(manifest: Mapping[str, Any], model_name: str) -> str:
         tags=["hf-soft-diamond", "pruned", "sparse", str(reg.get("regularizer", "none"))])
     how = (f"requested `{prune['requested']}`" + (f" (the knee: the largest fraction of the run's prune curve on its "
                                                   f"{prune.get('curve_split')} split within {prune['tolerance']:g} "
-                                                  f"points of the unpruned {metric})"
+                                                  f"point(s) of the unpruned {metric})"
                                                   if prune["requested"] == "knee" else ""))
     lines = [
         f"# {model_name}", "",
@@ -803,7 +803,11 @@ def render_export_card(manifest: Mapping[str, Any], model_name: str) -> str:
         lines.append(f"| {metric} on {ver['split']} ({ver['n_examples']} examples) | before pruning "
                      f"{ver['before']:.2f}, after {ver['after']:.2f} (of the model loaded back from this folder) |")
         if ver.get("signature"):
-            lines.append(f"| BLEU signature | `{ver['signature']}` |")
+            sig = str(ver["signature"]).replace("|", "\\|")  # a table cell
+            lines.append(f"| BLEU signature | `{sig}` |")
+        if ver["before"] - ver["after"] > prune["tolerance"]:
+            lines.append(f"| **warning** | on {ver['split']} the pruned model loses {ver['before'] - ver['after']:.2f} "
+                         f"points, more than the tolerance {prune['tolerance']:g} |")
     else:
         lines.append("| verification | not run (`--no_verify`) |")
     if prune.get("curve_metric") is not None and prune.get("curve_baseline") is not None:
