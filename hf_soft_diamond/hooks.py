@@ -103,11 +103,21 @@ def named_parameters_of(params: nn.Module | Iterable[tuple[str, nn.Parameter]] |
 
 
 class RegularizerHandle:
-    """What :func:`attach_regularizer` returns: the live wiring of one regularizer."""
+    """The live wiring of one regularizer to one optimizer: what :func:`attach_regularizer`
+    returns, and what :class:`~hf_soft_diamond.optim.RegularizedAdamW` keeps inside.
+
+    It owns what both wirings share: the named regularized parameters (checked to be in
+    the optimizer), the mode resolved for the optimizer, the warning when the optimizer's
+    own ``weight_decay`` also acts on them, the periodic non-finite check, and the
+    checkpoint state under ``"hf_soft_diamond"``. With ``hooks=True`` (attach) it registers
+    the optimizer step and state-dict hooks that apply the regularizer; with
+    ``hooks=False`` the fused optimizer applies it in its own update and calls
+    :meth:`after_step`, :meth:`state` and :meth:`load_state` itself.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, regularizer: Regularizer,
                  named_params: list[tuple[str, nn.Parameter]], on_nonfinite: Literal["raise", "warn"],
-                 check_finite_every: int = 1) -> None:
+                 check_finite_every: int = 1, *, hooks: bool = True) -> None:
         self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
         resolve_mode_for(regularizer, optimizer)
         self.optimizer = optimizer
@@ -124,17 +134,35 @@ class RegularizerHandle:
             )
         doubled = sorted({g.get("weight_decay", 0.0) for g in optimizer.param_groups
                           if g.get("weight_decay", 0.0) and any(id(p) in self._names for p in g["params"])})
-        if doubled and regularizer.strength > 0:
+        if doubled and regularizer.strength > 0 and regularizer.name != "none":
             warnings.warn(
                 f"hf_soft_diamond: the optimizer also applies weight_decay={doubled} to regularized parameters, "
                 f"on top of the {regularizer.name!r} regularizer; set weight_decay=0 for them unless you "
                 f"want both.", UserWarning, stacklevel=3)
-        self._handles = [
+        self._handles = [] if not hooks else [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
             optimizer.register_state_dict_post_hook(self._save_state),
             optimizer.register_load_state_dict_pre_hook(self._load_state),
         ]
+
+    def regularizes(self, param: Tensor) -> bool:
+        """Whether ``param`` is one of the regularized parameters."""
+        return id(param) in self._names
+
+    def after_step(self) -> None:
+        """Count the optimizer step and run the periodic non-finite check (every run, any strength)."""
+        self.regularizer.step += 1
+        if self.check_finite_every and self.regularizer.step % self.check_finite_every == 0:
+            self._check_finite()
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint state (see :func:`regularizer_state`)."""
+        return regularizer_state(self.regularizer, self.named_params)
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+        load_regularizer_state(self.regularizer, self.named_params, saved)
 
     # ------------------------------------------------------------ public
     @property
@@ -182,22 +210,20 @@ class RegularizerHandle:
         if reg.mode == "decoupled" and reg.strength != 0.0:
             for params, lr in self._groups():
                 reg.decoupled_post_step_(params, lr)
-        reg.step += 1
         # on in every run, a regularizer at strength 0 or `none` included: a diverged run stops here
-        if self.check_finite_every and reg.step % self.check_finite_every == 0:
-            self._check_finite()
+        self.after_step()
 
     def _check_finite(self) -> None:
         check_finite_weights(self.named_params, self.regularizer, self.on_nonfinite)
 
     def _save_state(self, optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict[STATE_KEY] = regularizer_state(self.regularizer, self.named_params)
+        state_dict[STATE_KEY] = self.state()
         return state_dict
 
     def _load_state(self, optimizer, state_dict: dict[str, Any]) -> None:
         saved = state_dict.pop(STATE_KEY, None)
         if saved is not None:
-            load_regularizer_state(self.regularizer, self.named_params, saved)
+            self.load_state(saved)
 
 
 def regularizer_state(regularizer: Regularizer, named_params: list[tuple[str, Tensor]]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -36,16 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from .fused import Backend, TensorwiseKernel, _at_least_fp32, validate_backend
-from .hooks import (
-    STATE_KEY,
-    check_finite_weights,
-    check_on_nonfinite,
-    load_regularizer_state,
-    named_parameters_of,
-    regularizer_state,
-    resolve_mode_for,
-)
+from .hooks import STATE_KEY, RegularizerHandle, named_parameters_of
 from .regularizers.base import ElementwiseTerms, Regularizer
+from .regularizers.lp import NoRegularizer
 
 __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
 
@@ -116,41 +108,48 @@ class RegularizedAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         self.fused_backend = validate_backend(fused_backend)
-        self.on_nonfinite = on_nonfinite
-        self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
-        self._steps = 0  # step() calls, for the periodic finite check
         self.regularizer = regularizer
-        if regularizer is not None:
-            resolve_mode_for(regularizer, self)  # Adam-family: decoupled unless given
-        all_params = [p for g in self.param_groups for p in g["params"]]
         if regularizer is not None and regularizer.elementwise_terms(lr) is None:
             raise ValueError(
                 f"`regularizer` {regularizer.name!r} is not elementwise and cannot be fused into the "
                 f"optimizer's update; attach it with hf_soft_diamond.attach_regularizer instead.")
         if regularized is None:
-            self.named_regularized = [(f"param_{i}", p) for i, p in enumerate(all_params)]
+            marked = [g for g in self.param_groups if g.get("regularized") is not None]
+            chosen = [p for g in (marked or self.param_groups) if g.get("regularized", True) for p in g["params"]]
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            named = [(f"param_{index[id(p)]}", p) for p in chosen]
         else:
-            self.named_regularized = named_parameters_of(regularized)
-        in_optimizer = {id(p) for p in all_params}
-        missing = [n for n, p in self.named_regularized if id(p) not in in_optimizer]
-        if missing:
-            raise ValueError(f"`regularized` parameters are not in the optimizer's params: {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''}.")
-        self._regularized_ids = {id(p) for _, p in self.named_regularized}
-        doubled = sorted({g["weight_decay"] for g in self.param_groups
-                          if g["weight_decay"] and any(id(p) in self._regularized_ids for p in g["params"])})
-        if doubled and regularizer is not None and regularizer.strength > 0:
-            warnings.warn(f"hf_soft_diamond: weight_decay={doubled} also acts on the parameters regularized by "
-                          f"{regularizer.name!r}; give them a group with weight_decay=0 unless you want both.",
-                          UserWarning, stacklevel=2)
-        self._kernels: dict[tuple[Any, Any, int], TensorwiseKernel] = {}
+            named = named_parameters_of(regularized)
+        # the wiring both paths share (selection check, mode, decay overlap, finite check, checkpoint
+        # state); a plain AdamW (no regularizer) still gets the non-finite check through `none`
+        self.handle = FusedRegularizerHandle(self, regularizer if regularizer is not None else NoRegularizer(),
+                                             named, on_nonfinite, check_finite_every)
+        self._kernels: dict[tuple[Any, ...], TensorwiseKernel] = {}
+
+    @property
+    def named_regularized(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs the regularizer acts on."""
+        return self.handle.named_params
+
+    @property
+    def check_finite_every(self) -> int:
+        return self.handle.check_finite_every
+
+    @property
+    def on_nonfinite(self) -> str:
+        """``"raise"`` or ``"warn"``: what NaN/Inf in the regularized weights does (the handle's setting)."""
+        return self.handle.on_nonfinite
+
+    @on_nonfinite.setter
+    def on_nonfinite(self, value: str) -> None:
+        self.handle.on_nonfinite = value
 
     # ------------------------------------------------------------------ public
     def penalty(self) -> float:
         """``strength * R(w)`` of the regularized weights now (0 without a regularizer)."""
         if self.regularizer is None:
             return 0.0
-        return float(self.regularizer.penalty([p for _, p in self.named_regularized]))
+        return self.handle.penalty()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -168,22 +167,16 @@ class RegularizedAdamW(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("RegularizedAdamW does not support sparse gradients.")
-                (regularized if terms is not None and id(p) in self._regularized_ids else plain).append(p)
+                (regularized if terms is not None and self.handle.regularizes(p) else plain).append(p)
             self._step_tensors(group, plain, None)
             self._step_tensors(group, regularized, terms)
-        self._steps += 1
-        if reg is not None:
-            reg.step += 1
-        # on in every run (also without a regularizer or at strength 0): a diverged run stops here
-        if self.check_finite_every and self._steps % self.check_finite_every == 0:
-            check_finite_weights(self.named_regularized, reg, self.on_nonfinite, step=self._steps,
-                                 backend=self.fused_backend)
+        self.handle.after_step()  # the step count and the non-finite check, in every run
         return loss
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.regularizer is not None:
-            state[STATE_KEY] = regularizer_state(self.regularizer, self.named_regularized)
+            state[STATE_KEY] = self.handle.state()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -191,7 +184,7 @@ class RegularizedAdamW(torch.optim.Optimizer):
         saved = state_dict.pop(STATE_KEY, None)
         super().load_state_dict(state_dict)
         if saved is not None and self.regularizer is not None:
-            load_regularizer_state(self.regularizer, self.named_regularized, saved)
+            self.handle.load_state(saved)
 
     # ------------------------------------------------------------------ internals
     def _kernel(self, terms: ElementwiseTerms | None) -> TensorwiseKernel:
@@ -243,29 +236,27 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}.")
 
 
-class FusedRegularizerHandle:
-    """The :class:`~hf_soft_diamond.RegularizerHandle` interface for a regularizer inside a
-    :class:`RegularizedAdamW` (what the Trainer keeps as ``regularizer_handle``)."""
+class FusedRegularizerHandle(RegularizerHandle):
+    """The :class:`~hf_soft_diamond.RegularizerHandle` of a :class:`RegularizedAdamW` (what the
+    Trainer keeps as ``regularizer_handle``): the same wiring without step hooks (the optimizer
+    applies the regularizer in its own update); :meth:`remove` turns it into plain AdamW.
 
-    def __init__(self, optimizer: RegularizedAdamW) -> None:
+    ``FusedRegularizerHandle(optimizer)`` returns the optimizer's own handle.
+    """
+
+    def __new__(cls, optimizer: RegularizedAdamW, *args: Any, **kwargs: Any) -> FusedRegularizerHandle:
+        if args or kwargs:  # built by the optimizer itself
+            return super().__new__(cls)
         if optimizer.regularizer is None:
             raise ValueError("the optimizer has no regularizer to hand out")
-        self.optimizer = optimizer
-        self.regularizer = optimizer.regularizer
-        self.named_params = list(optimizer.named_regularized)
+        return optimizer.handle
 
-    @property
-    def params(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_params]
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.named_params]
-
-    def penalty(self) -> float:
-        return float(self.regularizer.penalty(self.params))
+    def __init__(self, optimizer: RegularizedAdamW, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            super().__init__(optimizer, *args, hooks=False, **kwargs)
 
     def remove(self) -> None:
         """Detach the regularizer: the optimizer goes on as plain AdamW."""
         if self.optimizer.regularizer is self.regularizer:
             self.optimizer.regularizer = None
+        self.regularizer.forget_buffers()

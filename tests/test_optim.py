@@ -123,7 +123,7 @@ def test_pwd_first_step_is_the_methods_formula():
 
 def test_sas_first_steps_use_the_closed_form_scores():
     """alpha = 1 (Cauchy, psi = -2w/(gamma^2 + w^2)) decoupled, alpha = 2 (Gaussian of variance
-    2 gamma, psi = -w/(2 gamma)) coupled: one step against the closed forms."""
+    2 gamma, psi = -w/(2 gamma)) coupled: one step against the closed forms (docs/methods.md §3.4-3.5)."""
     torch.manual_seed(4)
     w0 = torch.randn(3, 7, dtype=torch.float64)
     g = torch.randn(3, 7, dtype=torch.float64)
@@ -134,8 +134,11 @@ def test_sas_first_steps_use_the_closed_form_scores():
                                                   fused_backend="eager"), lr=lr, eps=eps, fused_backend="eager")
     w.grad = g.clone()
     opt.step()
-    psi = -2 * w0 / (gamma**2 + w0**2)
-    torch.testing.assert_close(w.detach(), _first_adam_step(w0, g, lr, eps) + lr * lam * psi, rtol=1e-12, atol=1e-15)
+    # decoupled: the pull at the optimizer's result w_hat, never across zero
+    w_hat = _first_adam_step(w0, g, lr, eps)
+    pulled = w_hat + lr * lam * (-2 * w_hat / (gamma**2 + w_hat**2))
+    expected = torch.where(pulled * w_hat < 0, torch.zeros_like(pulled), pulled)
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-15)
 
     w = nn.Parameter(w0.clone())
     opt = RegularizedAdamW([w], build_regularizer("sas", strength=lam, alpha=2.0, gamma=gamma, mode="coupled",
@@ -198,7 +201,7 @@ def test_bad_settings_fail_before_training_and_name_the_argument():
         RegularizedAdamW(net[0].parameters(), build_regularizer("l1", strength=0.1), [net[2].weight])
     with pytest.raises(ValueError, match="`reg_on_nonfinite`"):
         RegularizedAdamW(net.parameters(), on_nonfinite="ignore")
-    with pytest.warns(UserWarning, match=r"weight_decay=\[0.1\] also acts on the parameters regularized"):
+    with pytest.warns(UserWarning, match=r"also applies weight_decay=\[0.1\] to regularized parameters"):
         RegularizedAdamW(net.parameters(), build_regularizer("l1", strength=0.1), [net[0].weight], weight_decay=0.1)
 
 

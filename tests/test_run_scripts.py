@@ -236,12 +236,18 @@ class _FakeHub:
 @pytest.mark.slow
 def test_push_to_hub_uploads_model_card_and_plots(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
+    import huggingface_hub
     import transformers.trainer
+    from huggingface_hub import constants
 
     from hf_soft_diamond.run.image import main
 
     hub = _FakeHub()
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: hub)
+    # the Hub as seen by the check before the run: on, with a token that it accepts
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None: {"name": "someone"})
     out = tmp_path / "push"
     results = main(_flags(image_config(out, max_steps=5, push_to_hub=True, hub_model_id="someone/digits-sas",
                                        prune_fractions=[0.0, 0.5])))
