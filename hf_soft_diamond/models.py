@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
+from torch import nn
+
 __all__ = [
     "TRANSLATION_MODEL_SIZES",
     "build_translation_model",
     "load_translation_model",
+    "freeze_sinusoidal_positions",
     "translation_config",
     "IMAGE_MODEL_SIZES",
     "build_image_model",
@@ -180,10 +183,28 @@ def load_translation_model(model_name_or_path: str | os.PathLike[str], **from_pr
     needs internet) or a local directory written by ``save_pretrained``.
     Keyword arguments (``revision``, ``cache_dir``, ``token``, ``dtype``...)
     are passed through.
+
+    Fixed sinusoidal position tables (Marian's ``embed_positions``) are frozen again:
+    ``from_pretrained`` hands them back trainable, and since they are not saved (they are
+    rebuilt from the config), training them would change the model in memory only; a
+    regularizer would also count them.
     """
     from transformers import AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM.from_pretrained(str(model_name_or_path), **from_pretrained_kwargs)
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(model_name_or_path), **from_pretrained_kwargs)
+    freeze_sinusoidal_positions(model)
+    return model
+
+
+def freeze_sinusoidal_positions(model: nn.Module) -> list[str]:
+    """Set ``requires_grad=False`` on every fixed sinusoidal position table; return their names."""
+    frozen = []
+    for name, module in model.named_modules():
+        if "SinusoidalPositionalEmbedding" in type(module).__name__ and isinstance(
+                getattr(module, "weight", None), nn.Parameter):
+            module.weight.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 # ---------------------------------------------------------------------------

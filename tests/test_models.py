@@ -114,6 +114,10 @@ def test_load_translation_model_round_trip(tokenizer, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
     assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    # the sinusoidal tables are rebuilt from the config, not saved: they must not train
+    positions = {n for n, p in loaded.named_parameters() if "embed_positions" in n}
+    assert positions and not any(p.requires_grad for n, p in loaded.named_parameters() if n in positions)
+    assert all(p.requires_grad for n, p in loaded.named_parameters() if n not in positions)
 
 
 # ----------------------------------------------------------------------------- image models

@@ -146,6 +146,7 @@ def render_model_card(
         summary=summary or (f"A {'German-to-English translation' if task == 'translation' else 'image classification'}"
                             f" model trained with the {title}"
                             + (f" ({reg['reg_mode']} mode)." if reg.get("reg_mode") not in (None, "auto") else ".")),
+        regularized=reg_name != "none",
         regularizer_title=title,
         regularizer_paper=paper,
         dataset_title=dataset_title,
@@ -160,10 +161,10 @@ def render_model_card(
         prune_caveat=prune_caveat,
         plots=[{"path": str(p), "title": Path(p).stem.replace("_", " ")} for p in plots],
         regularizer_rows=[(k, _fmt(v, 6) if isinstance(v, float) else v) for k, v in reg.items()],
-        training_rows=[(k, v) for k, v in training.items()],
+        training_rows=[(k, v) for k, v in training.items() if v is not None],
         limitations=limitations or (
             "Trained and evaluated at the scale stated above; numbers on small offline corpora are not comparable "
             "with published IWSLT/WMT or CIFAR results. Sparsity is measured on the stored weights; the prune curve "
             "prunes without fine-tuning."),
-        citation=bibtex,
+        citation=bibtex if reg_name != "none" else None,  # a baseline cites no prior
     )
