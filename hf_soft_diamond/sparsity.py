@@ -4,9 +4,10 @@ Conventions
 -----------
 *Regularized weights* are the parameters a regularizer acts on. Pass their names as
 ``regularized_names`` (e.g. ``[n for n, _ in select_parameters(model)]``); when ``None``,
-the default rule of :func:`_default_regularized_names` applies: the parameter's name does
-not contain ``bias``, it does not belong to a module whose class name contains ``Norm``
-(LayerNorm, RMSNorm, BatchNorm, ...) and it has ``ndim >= 2``.
+the regularizers' default selection applies
+(:func:`~hf_soft_diamond.regularizers.selection.select_parameters`: trainable, ``ndim >= 2``,
+not a bias or a normalisation parameter; embeddings included), so a saved model is measured
+on the weights a default run regularized.
 *All weights* are all parameters of the model (biases and norm parameters included).
 Tied parameters are counted once, under the first name ``named_parameters()`` gives them.
 
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .regularizers.selection import regularized_names
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (1e-8, 1e-3, 1e-2)
@@ -54,17 +57,8 @@ _RADIX_BITS = 16
 
 
 def _default_regularized_names(model: nn.Module) -> list[str]:
-    """Local default rule (see module docstring); kept apart so it can point at the shared one."""
-    norm_params: set[str] = set()
-    for mod_name, module in model.named_modules():
-        if "Norm" in type(module).__name__:
-            prefix = f"{mod_name}." if mod_name else ""
-            norm_params.update(prefix + n for n, _ in module.named_parameters(recurse=False))
-    return [
-        name
-        for name, p in model.named_parameters()
-        if "bias" not in name and name not in norm_params and p.ndim >= 2
-    ]
+    """The regularizers' own default selection (:func:`~hf_soft_diamond.regularizers.selection.regularized_names`)."""
+    return regularized_names(model)
 
 
 def _named_params(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -247,7 +247,10 @@ class SoftDiamondTrainerMixin:
 
     # ------------------------------------------------------------------ measurements
     def regularized_parameter_names(self) -> list[str]:
-        """Names (in ``self.model``) of the parameters the regularizer acts on."""
+        """Names (in ``self.model``) of the parameters the regularizer acts on: the attached
+        handle's (chosen once, when the optimizer was built), else the selection now."""
+        if self.regularizer_handle is not None:
+            return self.regularizer_handle.names
         return [n for n, _ in select_parameters(self.model, **self.args.selection_kwargs())]
 
     def regularizer_penalty(self) -> float:
