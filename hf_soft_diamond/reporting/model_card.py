@@ -100,6 +100,12 @@ def render_model_card(
             metric_value=round(float(value), 4), **extra))
     if not eval_results:
         raise ValueError("`results` has no task metric (test_bleu / test_accuracy or eval_ variants)")
+    starting_model = results.get("model")
+    for name in wanted:  # the same split and decoding, translated by the model the run started from
+        if f"before_{name}" in results:
+            pretty = {"bleu": "BLEU", "chrf": "chrF", "accuracy": "accuracy (%)"}[name]
+            metric_rows.append({"name": f"{pretty} of the starting model (`{starting_model}`)",
+                                "value": _fmt(float(results[f"before_{name}"]))})
 
     sparsity = results.get("sparsity") or {}
     taus = sorted({tau for group in sparsity.values() for tau in group}, key=float)
@@ -137,6 +143,9 @@ def render_model_card(
         datasets=[dataset], metrics=[m for m in wanted if _metric(results, m)] + ["sparsity"],
         pipeline_tag="translation" if task == "translation" else "image-classification",
         eval_results=eval_results,
+        # a Hub id (not a local folder) is linked as the base model on the Hub
+        base_model=starting_model if starting_model and "/" in str(starting_model)
+        and not Path(str(starting_model)).exists() else None,
     )
     training = dict(results.get("training") or {})
     return ModelCard.from_template(
@@ -144,7 +153,8 @@ def render_model_card(
         template_path=str(template_path),
         model_name=model_name,
         summary=summary or (f"A {'German-to-English translation' if task == 'translation' else 'image classification'}"
-                            f" model trained with the {title}"
+                            + (f" model fine-tuned from `{starting_model}` with the {title}"
+                               if "before_" + wanted[0] in results else f" model trained with the {title}")
                             + (f" ({reg['reg_mode']} mode)." if reg.get("reg_mode") not in (None, "auto") else ".")),
         regularized=reg_name != "none",
         regularizer_title=title,

@@ -153,12 +153,16 @@ def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none
            label=f"weights (n={w.size:,})")
     family = density_family_of(regularizer)
     alpha = hparams.get("sas_alpha") if family == "sas" else None
-    if family is not None:
-        fit = fitted_prior_density(regularizer, w, alpha=alpha)
+    zero = float(np.mean(np.abs(w) <= 1e-8))
+    # a sparse run's exact zeros are a point mass no continuous prior fits: fit the rest
+    fit_w = w[np.abs(w) > 1e-8] if zero > 0.01 else w
+    if family is not None and fit_w.size:
+        fit = fitted_prior_density(regularizer, fit_w, alpha=alpha)
         # overlays are expected counts per bin (n * probability of the bin), on the bars' scale:
         # a point density times the bin width would spike for priors far narrower than a bin
-        ax.stairs(np.maximum(expected_bin_counts(fit.pdf, edges, w.size), 0.5), edges, color="#dd8452", lw=2,
-                  label=fit.label, baseline=None)
+        label = fit.label + (f" (to the {fit_w.size:,} nonzero weights)" if fit_w.size < w.size else "")
+        ax.stairs(np.maximum(expected_bin_counts(fit.pdf, edges, fit_w.size), 0.5), edges, color="#dd8452", lw=2,
+                  label=label, baseline=None)
     run_prior = _run_prior_log_density(regularizer, hparams)
     if run_prior is not None:
         ax.stairs(np.maximum(expected_bin_counts(run_prior, edges, w.size), 0.5), edges, color="#55a868", lw=1.5,
@@ -169,7 +173,6 @@ def plot_weight_histogram(weights, path: str | Path, *, regularizer: str = "none
     ax.set_ylim(bottom=0.5, top=2.0 * max(float(counts.max()), 1.0))
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
-    zero = float(np.mean(np.abs(w) <= 1e-8))
     ax.set_title(title or f"Regularized weights ({regularizer}); exact zeros {100 * zero:.1f}%")
     ax.legend(fontsize=8)
     return _save(fig, path)

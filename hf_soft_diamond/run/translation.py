@@ -145,8 +145,8 @@ class DataTrainingArguments:
         "help": "Split of the final evaluation (--do_predict) and the prune curve: 'test' or 'validation' "
                 "(hyperparameter tuning: the test split is never read; metrics are eval_*)."})
     prune_eval_samples: int = field(default=200, metadata={
-        "help": "Sentences of the final split translated at each prune fraction (each point is one generation "
-                "pass)."})
+        "help": "Sentences of the final split translated at each prune fraction, evenly spread over the split "
+                "(each point is one generation pass)."})
     evaluate_before_training: bool = field(default=False, metadata={
         "help": "With --do_train and --do_predict: also translate the final split with the starting model, so "
                 "the run reports starting -> trained BLEU (e.g. a pretrained translator before fine-tuning)."})
@@ -431,13 +431,15 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(training_args.output_dir) / "generated_predictions.txt").write_text("\n".join(hyps) + "\n")
 
-    prune_subset = tokenized[eval_split].select(range(min(data_args.prune_eval_samples, len(tokenized[eval_split])))) \
-        if predict else None
+    # spread over the split: a corpus stored in blocks (ding+libreoffice) is sampled from every block
+    prune_rows = spread_indices(len(tokenized[eval_split]), data_args.prune_eval_samples)
+    prune_subset = tokenized[eval_split].select(prune_rows) if predict else None
+    results["prune_eval_samples"] = len(prune_rows)
 
     def bleu_of(m: torch.nn.Module) -> float:
         out, preds = predict_in_order(trainer, prune_subset, "prune")
         preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
-        sub_refs = refs[: len(prune_subset)]
+        sub_refs = [refs[i] for i in prune_rows]
         return compute_bleu(tokenizer.batch_decode(preds, skip_special_tokens=True), sub_refs)["bleu"]
 
     report = trainer.regularizer_report()
@@ -459,6 +461,15 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
     return results
+
+
+def spread_indices(length: int, n: int) -> list[int]:
+    """``min(n, length)`` row indices evenly spread over ``range(length)``, first and last included."""
+    if n >= length:
+        return list(range(length))
+    if n <= 1:
+        return [0][:n]
+    return sorted({round(i * (length - 1) / (n - 1)) for i in range(n)})
 
 
 def example_indices(references: list[str], n: int) -> list[int]:
@@ -485,12 +496,14 @@ def translation_summary(results: dict[str, Any], prefix: str, examples: list[tup
     reg = results.get("regularizer", {})
     sparsity = results.get("sparsity", {}).get("regularized", {})
     numel = results.get("sparsity_numel", {}).get("regularized")
-    lines.append(f"  regularizer {reg.get('regularizer')} ({reg.get('reg_mode')}, strength {reg.get('reg_strength')})"
-                 f"; |w| <= tau among {numel:,} regularized weights: "
+    name = reg.get("regularizer")
+    described = f"{name} ({reg.get('reg_mode')}, strength {reg.get('reg_strength')})" if name != "none" else "none"
+    lines.append(f"  regularizer {described}; |w| <= tau among {numel:,} regularized weights: "
                  + ", ".join(f"{tau}: {100 * frac:.1f}%" for tau, frac in sparsity.items()) if numel else "")
     curve = results.get("prune_curve")
     if curve:
-        lines.append("  prune curve (fraction pruned: BLEU): "
+        lines.append(f"  prune curve (fraction pruned: BLEU on {results.get('prune_eval_samples', '?')} of these "
+                     "sentences, spread over the split): "
                      + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
     for source, hypothesis, reference in examples:
         lines += [f"  DE  {source}", f"  MT  {hypothesis}", f"  REF {reference}"]
