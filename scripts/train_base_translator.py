@@ -201,7 +201,7 @@ def ship(summary: dict) -> Path:
         if (chosen / name).is_file():
             shutil.copy2(chosen / name, tmp / name)
     card.save(tmp / "README.md")
-    (tmp / "training_results.json").write_text(json.dumps(results, indent=2))
+    (tmp / "all_results.json").write_text(json.dumps(results, indent=2))
     tmp.chmod(0o755)  # mkdtemp makes it private; the shipped folder is for everyone to read
     for path in tmp.iterdir():
         path.chmod(0o644)

@@ -29,7 +29,7 @@ def test_it_is_small_and_half_precision_on_disk():
 
     with safe_open(BASE / "model.safetensors", "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
-    results = json.loads((BASE / "training_results.json").read_text())
+    results = json.loads((BASE / "all_results.json").read_text())
     assert dtypes == {"F16" if results["training"]["weights_dtype"] == "float16" else "F32"}
 
 
@@ -37,7 +37,7 @@ def test_the_card_reports_the_results_file(base):
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(BASE / "README.md")
-    results = json.loads((BASE / "training_results.json").read_text())
+    results = json.loads((BASE / "all_results.json").read_text())
     bleu = [r.metric_value for r in card.data.eval_results if r.metric_type == "bleu"]
     assert bleu == [pytest.approx(round(results["test_bleu"], 4))]
     by_source = results["base_model"]["test_bleu_by_source"]
