@@ -82,3 +82,24 @@ def test_many_kernels_in_one_process_all_stay_compiled():
             kernel([[w]], [0.5])
             torch.testing.assert_close(w, torch.full((5,), 1.0 + 0.5 * k))
     assert all(kernel.uses_compile("cpu") for kernel in kernels)
+
+
+@pytest.mark.parametrize("backend", ["eager", "compile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_non_finite_indices_exact_against_isfinite(backend, dtype):
+    """NaN, +Inf and -Inf are found in every dtype; finite tensors whose sum overflows (huge
+    values of both signs, float16 values summing past its range) are not."""
+    from hf_soft_diamond.fused import non_finite_indices
+
+    if backend == "compile" and not compile_available("cpu"):
+        pytest.skip("needs a C++ compiler for inductor")
+    big = torch.finfo(dtype).max
+    tensors = [torch.randn(64, 8, dtype=dtype), torch.randn(300, dtype=dtype), torch.full((4, 4), big, dtype=dtype),
+               torch.randn(7, dtype=dtype), torch.randn(5, 5, dtype=dtype), torch.tensor([big, big, -big], dtype=dtype),
+               torch.randn(3, dtype=dtype)]
+    tensors[1][17] = float("nan")
+    tensors[3][0] = float("inf")
+    tensors[6][2] = -float("inf")
+    expected = [i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())]
+    assert expected == [1, 3, 6]
+    assert non_finite_indices(tensors, backend) == expected
