@@ -95,12 +95,26 @@ class SaSRegularizer(Regularizer):
         super().__init__(strength, mode, fused_backend)
         self._set_params(alpha=alpha, gamma=gamma, score_path=score_path)
         self.scale = self.gamma ** (1.0 / self.alpha)
-        self.table = get_sas_table(self.alpha)
-        if score_path == "fast":
-            _ = self.table.fast  # fit now (tens of ms), outside torch.compile
-        fast = score_path == "fast"
-        self._grad = functools.partial(_sas_grad, table=self.table, fast=fast)
-        self._pull = functools.partial(_sas_pull, table=self.table, fast=fast)
+        # the table (built or read from the disk cache) and the kernels are made on first use, so
+        # that validating arguments (TrainingArguments.__post_init__) has no side effects
+        self._table = None
+
+    @property
+    def table(self):
+        """The unit-dispersion score table of ``alpha`` (:func:`~hf_soft_diamond.priors.sas.get_sas_table`)."""
+        if self._table is None:
+            self._table = get_sas_table(self.alpha)
+            if self.score_path == "fast":
+                _ = self._table.fast  # fit now (tens of ms), outside torch.compile
+        return self._table
+
+    @functools.cached_property
+    def _grad(self):
+        return functools.partial(_sas_grad, table=self.table, fast=self.score_path == "fast")
+
+    @functools.cached_property
+    def _pull(self):
+        return functools.partial(_sas_pull, table=self.table, fast=self.score_path == "fast")
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         zero = torch.zeros((), dtype=torch.float64)
