@@ -59,6 +59,19 @@ class TinySeq2SeqData(torch.utils.data.Dataset):
                 "labels": self.tgt[i]}
 
 
+def stop_at(step: int):
+    """A Trainer callback that stops training once ``global_step`` reaches ``step`` (a cut run)."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_training_stop = True
+            return control
+
+    return StopAt()
+
+
 def base_args(output_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments of a fast, deterministic, quiet CPU run (override any)."""
     kwargs: dict[str, Any] = dict(

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from transformers import TrainerCallback
 
-from conftest import TinySeq2SeqData, base_args, tiny_marian
+from conftest import TinySeq2SeqData, base_args, stop_at, tiny_marian
 from hf_soft_diamond import (
     attach_regularizer,
     available_regularizers,
@@ -655,16 +655,6 @@ def test_checkpoint_written_on_the_device_resumes_on_the_cpu_and_back(kind):
     assert (amnesic - target).abs().max().item() > 1e-6
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
-
-
 def test_trainer_checkpoint_written_on_the_device_resumes_on_the_cpu_and_back(tmp_path):
     """The Trainer's own checkpoints: steps 1-2 on the device (checkpoint-2), 3-4 resumed on the
     CPU (checkpoint-4), 5-6 resumed on the device, with SGD (momentum 0.9, linear schedule) and
@@ -680,10 +670,10 @@ def test_trainer_checkpoint_written_on_the_device_resumes_on_the_cpu_and_back(tm
     target = torch.cat([_cpu64(p).flatten() for p in full.model.parameters()])
 
     out = tmp_path / "moving"
-    first = _trainer(out, on_device=True, callbacks=[_StopAt(2)], **run)
+    first = _trainer(out, on_device=True, callbacks=[stop_at(2)], **run)
     first.train()
     assert first.args.device.type == DEVICE.type
-    second = _trainer(out, on_device=False, model=tiny_marian(seed=123), callbacks=[_StopAt(4)], **run)
+    second = _trainer(out, on_device=False, model=tiny_marian(seed=123), callbacks=[stop_at(4)], **run)
     second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     assert second.args.device.type == "cpu" and second.regularizer_handle.regularizer.step == 4
     third = _trainer(out, on_device=True, model=tiny_marian(seed=321), **run)

@@ -23,12 +23,11 @@ from transformers import (
     LlamaForCausalLM,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    TrainerCallback,
     ViTConfig,
     ViTForImageClassification,
 )
 
-from conftest import TinySeq2SeqData, base_args, flat_weights, plain_args, tiny_marian
+from conftest import TinySeq2SeqData, base_args, flat_weights, plain_args, stop_at, tiny_marian
 from hf_soft_diamond.hooks import STATE_KEY
 from hf_soft_diamond.optim import RegularizedAdamW
 from hf_soft_diamond.trainer import SoftDiamondSeq2SeqTrainer, SoftDiamondTrainer, model_consumes_num_items_in_batch
@@ -158,16 +157,6 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
 
 
 # --------------------------------------------------------------------------- resume
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
-
-
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_data):
     # pWD with a p schedule: the regularizer's step counter changes the update, so it must resume too
     run = dict(regularizer="pwd", reg_strength=0.05, lp_p=0.5, pwd_p_start=2.0, pwd_p_schedule_steps=6,
@@ -178,7 +167,7 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_
     target = flat_weights(full.model)
     assert full.regularizer_handle.regularizer.step == 6
 
-    first = soft_trainer(tmp_path / "cut", tiny_data, callbacks=[_StopAt(3)], save_strategy="steps", save_steps=3,
+    first = soft_trainer(tmp_path / "cut", tiny_data, callbacks=[stop_at(3)], save_strategy="steps", save_steps=3,
                          **run)
     first.train()
     ckpt = tmp_path / "cut" / "checkpoint-3"
