@@ -134,7 +134,7 @@ class RegularizerHandle:
             )
         doubled = sorted({g.get("weight_decay", 0.0) for g in optimizer.param_groups
                           if g.get("weight_decay", 0.0) and any(id(p) in self._names for p in g["params"])})
-        if doubled and regularizer.strength > 0 and regularizer.name != "none":
+        if doubled and regularizer.acts:
             warnings.warn(
                 f"hf_soft_diamond: the optimizer also applies weight_decay={doubled} to regularized parameters, "
                 f"on top of the {regularizer.name!r} regularizer; set weight_decay=0 for them unless you "

@@ -394,9 +394,14 @@ class Regularizer(abc.ABC):
             self.mode = self.natural_mode(family)
         return self.mode
 
+    @property
+    def acts(self) -> bool:
+        """Whether this regularizer changes the weights at all (strength > 0; ``none`` never does)."""
+        return self.strength > 0
+
     def coupled_under_adaptive(self, optimizer: Any) -> bool:
         """Whether this is an explicitly coupled, acting prior under a per-coordinate-normalising optimizer."""
-        return (self.mode == "coupled" and self.mode_explicit and self.strength > 0 and self.name != "none"
+        return (self.mode == "coupled" and self.mode_explicit and self.acts
                 and optimizer_family(optimizer) == "adaptive")
 
     # ----------------------------------------------------------------- values

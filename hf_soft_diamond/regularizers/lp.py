@@ -33,8 +33,9 @@ class NoRegularizer(Regularizer):
 
     name = "none"
     citation = Citation(title="no regularizer (baseline)", reference="no regularizer: the unregularized baseline",
-                        bibtex=BASELINE_CITATION.bibtex)
+                        bibtex="")  # a baseline cites no prior
     density_family = "laplace"
+    acts = False  # at any strength
 
     def __init__(self, strength: float = 0.0, mode: str | None = None, fused_backend: Backend = "auto") -> None:
         super().__init__(strength, mode, fused_backend)

@@ -176,5 +176,5 @@ def render_model_card(
             "Trained and evaluated at the scale stated above; numbers on small offline corpora are not comparable "
             "with published IWSLT/WMT or CIFAR results. Sparsity is measured on the stored weights; the prune curve "
             "prunes without fine-tuning."),
-        citation=bibtex if reg_name != "none" else None,  # a baseline cites no prior
+        citation=bibtex or None,
     )
