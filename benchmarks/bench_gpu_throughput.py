@@ -1,6 +1,6 @@
 """Training throughput with each prior on a GPU, and the fused optimizer step (issue 20).
 
-Two measurements, on the IWSLT-size Marian of :func:`hf_soft_diamond.models.build_translation_model`
+Two measurements, on the IWSLT-size Marian of :func:`hf_soft_diamond.tasks.models.build_translation_model`
 (``"iwslt"``: 6+6 layers, d_model 512, FFN 1024, 4 heads, dropout 0.3; a fixed vocabulary of
 8000 tokens, 36.2M parameters):
 
@@ -91,7 +91,7 @@ OPTIMIZER_SETTINGS: list[tuple[str, str, tuple[str, dict[str, Any]] | None, dict
 
 
 class FixedVocabulary:
-    """What :func:`~hf_soft_diamond.models.build_translation_model` reads from a tokenizer:
+    """What :func:`~hf_soft_diamond.tasks.models.build_translation_model` reads from a tokenizer:
     ``len()``, ``pad_token_id`` (0) and ``eos_token_id`` (1). Throughput does not depend on
     which tokens the ids stand for, so no tokenizer is trained."""
 
@@ -136,7 +136,7 @@ def synchronize(device: torch.device) -> None:
 
 def build_model(args: argparse.Namespace):
     """The IWSLT-size Marian (``--tiny``: a 1+1-layer, d_model 32 Marian, for the smoke run), seed 0."""
-    from hf_soft_diamond.models import build_translation_model
+    from hf_soft_diamond.tasks.models import build_translation_model
 
     vocab = FixedVocabulary(args.vocab)
     if args.tiny:

@@ -21,8 +21,8 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from hf_soft_diamond import SoftDiamondTrainer, SoftDiamondTrainingArguments
-from hf_soft_diamond.data.images import attach_transforms, load_fashion_mnist
-from hf_soft_diamond.models import build_image_model
+from hf_soft_diamond.tasks.data.images import attach_transforms, load_fashion_mnist
+from hf_soft_diamond.tasks.models import build_image_model
 
 ARMS = {
     "none": {"regularizer": "none"},

@@ -1,11 +1,19 @@
 """hf_soft_diamond: heavy-tailed weight priors for the Hugging Face training stack.
 
-The numerical core (priors, regularizers, optimizer hooks, sparsity) needs only
-torch/numpy/scipy; the Trainer classes import ``transformers`` lazily on first use.
+Layout: the library is the top level (``priors/`` the formulas, ``regularizers/`` one
+registered class per method, ``hooks``/``fused``/``optim`` how a regularizer acts on a
+step, ``trainer``/``training_args`` the Trainer integration, ``sparsity``/``pruning``
+measurement, ``export`` the sparse checkpoint format, ``model_card``); the applications
+built on it (data loaders, model builders, task metrics, run entry points, plots, the
+``hf-soft-diamond`` command) live in :mod:`hf_soft_diamond.tasks` and are not imported here.
+
+The numerical core needs only torch/numpy/scipy; the Trainer classes import
+``transformers`` lazily on first use.
 """
 
 from typing import Any
 
+from . import _moved
 from .hooks import RegularizerHandle, attach_regularizer
 from .priors.sas import get_sas_table, sas_log_pdf, sas_score
 from .regularizers import (
@@ -17,6 +25,8 @@ from .regularizers import (
 )
 
 __version__ = "0.1.0"
+
+_moved.install()  # old paths of modules that moved under hf_soft_diamond.tasks keep importing
 
 _LAZY = {
     "SoftDiamondTrainer": "trainer",

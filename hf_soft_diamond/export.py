@@ -52,7 +52,7 @@ compressed-tensors 0.15 (the oldest release transformers 5.x accepts), and trans
 *unexpected* and the weights *missing*, i.e. randomly initialised, with only a warning
 (checked with compressed-tensors 0.20.1; see ``docs/export.md``).
 
-ResNets built by :func:`hf_soft_diamond.models.build_image_model` with ``dropout > 0`` or
+ResNets built by :func:`hf_soft_diamond.tasks.models.build_image_model` with ``dropout > 0`` or
 ``batch_norm=False`` change the module tree beyond what ``ResNetConfig`` describes, so
 their run folders do not load with ``from_pretrained``. The export writes the standard
 tree instead: the classifier's ``Dropout`` (inactive at inference) is dropped and each
@@ -328,7 +328,7 @@ def _identity_batch_norm_entries(model: torch.nn.Module) -> dict[str, torch.Tens
 def _load_resnet_variant(run_dir: Path, config: Any, cls: type, state_dict: dict[str, torch.Tensor],
                          image_shape: Sequence[int] | None):
     """A build_image_model ResNet with dropout / without batch norm, as the standard tree (module docstring)."""
-    from .models import _replace_batch_norm
+    from .tasks.models import _replace_batch_norm
 
     original = cls(config)
     dropout = "classifier.2.weight" in state_dict
@@ -450,11 +450,11 @@ def resolve_data_args(task: str, results: Mapping[str, Any], run_config: Mapping
     what ``all_results.json`` records, then the training script's defaults.
     """
     if task == "translation":
-        from .run.translation import DataTrainingArguments, ModelArguments
+        from .tasks.run.translation import DataTrainingArguments, ModelArguments
 
         keys, defaults = TRANSLATION_DATA_KEYS, _field_defaults(DataTrainingArguments, ModelArguments)
     else:
-        from .run.image import ImageDataArguments, ImageModelArguments
+        from .tasks.run.image import ImageDataArguments, ImageModelArguments
 
         keys, defaults = IMAGE_DATA_KEYS, _field_defaults(ImageDataArguments, ImageModelArguments)
     from_results: dict[str, Any] = {}
@@ -495,8 +495,12 @@ def _truncate(ds: Any, n: int | None) -> Any:
 
 def load_translation_eval_data(data: Mapping[str, Any], split: str) -> tuple[list[str], list[str]]:
     """Sources and references of the split, truncated as the run truncated it."""
-    from .data.translation import load_hub_translation_dataset, load_offline_translation_corpus, load_translation_files
-    from .run.translation import OFFLINE_CORPORA
+    from .tasks.data.translation import (
+        load_hub_translation_dataset,
+        load_offline_translation_corpus,
+        load_translation_files,
+    )
+    from .tasks.run.translation import OFFLINE_CORPORA
 
     src, tgt = data["source_lang"], data["target_lang"]
     if data.get("validation_file") or data.get("test_file"):
@@ -529,8 +533,8 @@ def translate(model: Any, tokenizer: Any, sources: Sequence[str], *, max_source_
 
 def load_image_eval_data(data: Mapping[str, Any], split: str) -> tuple[Any, dict[str, Any]]:
     """The transformed split (as the run's evaluation saw it) and its preprocessing."""
-    from .data.images import attach_transforms
-    from .run.image import load_image_splits
+    from .tasks.data.images import attach_transforms
+    from .tasks.run.image import load_image_splits
 
     ns_data = SimpleNamespace(**{k: data.get(k) for k in IMAGE_DATA_KEYS})
     ns_model = SimpleNamespace(cache_dir=data.get("cache_dir"))
@@ -577,7 +581,7 @@ def build_evaluator(task: str, data_args: Mapping[str, Any], split: str, *, toke
                     batch_size: int | None = None) -> Evaluator:
     """Load the split as the run's evaluation saw it and return its metric function.
 
-    Translation: sacrebleu BLEU (:func:`hf_soft_diamond.metrics.compute_bleu`) of the model's
+    Translation: sacrebleu BLEU (:func:`hf_soft_diamond.tasks.metrics.compute_bleu`) of the model's
     generations (its generation config: beams and max length as the run set them) against
     the raw references; images: top-1 accuracy in % with the run's evaluation transform.
     """
@@ -594,7 +598,7 @@ def build_evaluator(task: str, data_args: Mapping[str, Any], split: str, *, toke
             f"{type(err).__name__}: {err}. Pass the run's data with --run_config or --dataset_name / "
             "--validation_file / --validation_dir, or skip the check with --no_verify") from err
     if task == "translation":
-        from .metrics import compute_bleu
+        from .tasks.metrics import compute_bleu
 
         sources, references = loaded
         info: dict[str, Any] = {"sources": sources, "references": references}

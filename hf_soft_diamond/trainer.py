@@ -318,7 +318,7 @@ class SoftDiamondTrainerMixin:
 
 
     def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
-        """Our card (:func:`~hf_soft_diamond.reporting.model_card.render_model_card`) when the run has results.
+        """Our card (:func:`~hf_soft_diamond.model_card.render_model_card`) when the run has results.
 
         ``Trainer.push_to_hub`` calls this before uploading ``output_dir``. The automatic
         transformers card has no task mapping for translation and drops its results, so
@@ -331,7 +331,7 @@ class SoftDiamondTrainerMixin:
         import json
         from pathlib import Path
 
-        from .reporting.model_card import render_model_card
+        from .model_card import render_model_card
 
         out = Path(self.args.output_dir)
         results_path = out / "all_results.json"
@@ -362,7 +362,7 @@ class SoftDiamondSeq2SeqTrainer(SoftDiamondTrainerMixin, Seq2SeqTrainer):
 
     See :class:`SoftDiamondTrainerMixin` and the module docstring for what changes. With
     ``max_tokens_per_batch`` the training batches are token-based
-    (:class:`~hf_soft_diamond.data.batching.TokenBudgetBatchSampler`, seeded by ``args.seed``
+    (:class:`~hf_soft_diamond.batching.TokenBudgetBatchSampler`, seeded by ``args.seed``
     and the epoch, so resuming replays the uninterrupted run's batches).
     """
 
@@ -376,7 +376,7 @@ class SoftDiamondSeq2SeqTrainer(SoftDiamondTrainerMixin, Seq2SeqTrainer):
         import datasets as hf_datasets
         from torch.utils.data import DataLoader
 
-        from .data.batching import TokenBudgetBatchSampler, example_lengths
+        from .batching import TokenBudgetBatchSampler, example_lengths
 
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")

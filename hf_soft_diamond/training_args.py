@@ -378,7 +378,7 @@ class SoftDiamondSeq2SeqTrainingArguments(SoftDiamondArgumentsMixin, Seq2SeqTrai
             Token-based batching (fairseq's ``--max-tokens``): each training batch holds the
             length-sorted examples that fit this many *padded* tokens per side and device
             (``longest * n_sentences``), in shuffled batch order
-            (:class:`~hf_soft_diamond.data.batching.TokenBudgetBatchSampler`);
+            (:class:`~hf_soft_diamond.batching.TokenBudgetBatchSampler`);
             ``per_device_train_batch_size`` then caps the sentences per batch. ``None``: the
             Trainer's sentence-count batches.
     """

@@ -6,11 +6,11 @@
 
 Writes ``comparison.md`` (mean +- std of BLEU or accuracy, sparsity at each threshold,
 sparsity at <= 1 point loss, wall time), ``comparison.json`` and ``prune_curves.png``.
-All flags: ``--help``. The code lives in ``hf_soft_diamond/run/compare.py`` (also
+All flags: ``--help``. The code lives in ``hf_soft_diamond/tasks/run/compare.py`` (also
 ``hf-soft-diamond compare``).
 """
 
-from hf_soft_diamond.run.compare import main
+from hf_soft_diamond.tasks.run.compare import main
 
 if __name__ == "__main__":
     main()

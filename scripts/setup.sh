@@ -33,7 +33,7 @@ fi
 # LibreOffice help (German + English) for the second offline corpus: `apt-get download`
 # needs no root; the .debs are unpacked into the user cache, not installed.
 if [ "${SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1; then
-  "$PY" -c "from hf_soft_diamond.data.translation import download_libreoffice_help as d; print('setup: LibreOffice help in', d())" \
+  "$PY" -c "from hf_soft_diamond.tasks.data.translation import download_libreoffice_help as d; print('setup: LibreOffice help in', d())" \
     || echo "setup: could not fetch the LibreOffice help packages; the 'libreoffice' corpus will be unavailable" >&2
 fi
 "$PY" -c "import hf_soft_diamond, torch; print('setup: hf_soft_diamond', hf_soft_diamond.__version__, 'torch', torch.__version__)"

@@ -59,7 +59,7 @@ def average() -> None:
     if (RUN / "averaged" / "model.safetensors").is_file():
         print("average: done", flush=True)
         return
-    _run([sys.executable, "-m", "hf_soft_diamond.cli", "average", str(RUN), "--last", str(AVERAGE_LAST),
+    _run([sys.executable, "-m", "hf_soft_diamond.tasks.cli", "average", str(RUN), "--last", str(AVERAGE_LAST),
           "--output_dir", str(RUN / "averaged")])
 
 
@@ -130,7 +130,7 @@ def bleu_by_source(predictions: Path, split: str) -> dict[str, dict[str, float]]
     corpus-level figure hides it."""
     import sacrebleu
 
-    from hf_soft_diamond.data.translation import load_offline_translation_corpus, read_ding_pairs
+    from hf_soft_diamond.tasks.data.translation import load_offline_translation_corpus, read_ding_pairs
 
     rows = load_offline_translation_corpus("ding+libreoffice")[split]["translation"]
     hypotheses = predictions.read_text(encoding="utf-8").split("\n")[: len(rows)]
@@ -144,7 +144,7 @@ def bleu_by_source(predictions: Path, split: str) -> dict[str, dict[str, float]]
 
 
 def ship(summary: dict) -> Path:
-    from hf_soft_diamond.reporting.model_card import render_model_card
+    from hf_soft_diamond.model_card import render_model_card
 
     chosen = Path(summary["chosen_dir"]) if summary["ship_dtype"] == "float32" else RUN / "eval" / "chosen_fp16_model"
     test = summary["test_fp16" if summary["ship_dtype"] == "float16" else "test_fp32"]

@@ -10,10 +10,10 @@
     python scripts/train_image.py --dataset_name caltech256 --model_type vit ...   # decoded at 100x100x3
 
 All flags: ``python scripts/train_image.py --help``. The code lives in
-``hf_soft_diamond/run/image.py`` (also ``hf-soft-diamond train-image``).
+``hf_soft_diamond/tasks/run/image.py`` (also ``hf-soft-diamond train-image``).
 """
 
-from hf_soft_diamond.run.image import main
+from hf_soft_diamond.tasks.run.image import main
 
 if __name__ == "__main__":
     main()

@@ -9,10 +9,10 @@
         --model_size iwslt --regularizer sas ... --push_to_hub --hub_model_id you/marian-iwslt-sas
 
 All flags: ``python scripts/train_translation.py --help``. The code lives in
-``hf_soft_diamond/run/translation.py`` (also ``hf-soft-diamond train-translation``).
+``hf_soft_diamond/tasks/run/translation.py`` (also ``hf-soft-diamond train-translation``).
 """
 
-from hf_soft_diamond.run.translation import main
+from hf_soft_diamond.tasks.run.translation import main
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ def _fake_run(tmp_path, steps=(100, 200, 300, 400)):
 
 
 def test_average_of_the_last_checkpoints_is_the_mean_of_their_weights(tmp_path):
-    from hf_soft_diamond.run.average import last_checkpoints, main
+    from hf_soft_diamond.tasks.run.average import last_checkpoints, main
 
     run = _fake_run(tmp_path)
     chosen = last_checkpoints(run, 3)
@@ -41,7 +41,7 @@ def test_average_of_the_last_checkpoints_is_the_mean_of_their_weights(tmp_path):
 
 
 def test_float16_output_and_bad_inputs(tmp_path):
-    from hf_soft_diamond.run.average import main
+    from hf_soft_diamond.tasks.run.average import main
 
     run = _fake_run(tmp_path)
     out = main([str(run), "--last", "2", "--output_dir", str(tmp_path / "half"), "--dtype", "float16"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hf_soft_diamond.data.batching import TokenBudgetBatchSampler
+from hf_soft_diamond.batching import TokenBudgetBatchSampler
 
 
 def _lengths(n=500, seed=0):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_soft_diamond.data import images as im
-from hf_soft_diamond.data.images import (
+from hf_soft_diamond.tasks.data import images as im
+from hf_soft_diamond.tasks.data.images import (
     ImageCollator,
     ImageTensorDataset,
     ImageTransform,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_soft_diamond.data import translation as tr
+from hf_soft_diamond.tasks.data import translation as tr
 
 LIBREOFFICE_HELP = tr.find_libreoffice_help_root()
 needs_ding = pytest.mark.skipif(
@@ -21,7 +21,7 @@ needs_ding = pytest.mark.skipif(
 needs_libreoffice = pytest.mark.skipif(
     LIBREOFFICE_HELP is None,
     reason="LibreOffice help absent: set $HF_SOFT_DIAMOND_LIBREOFFICE_HELP to a `dpkg -x` root of "
-    "libreoffice-help-de + libreoffice-help-en-us, or run hf_soft_diamond.data.download_libreoffice_help()",
+    "libreoffice-help-de + libreoffice-help-en-us, or run hf_soft_diamond.tasks.data.download_libreoffice_help()",
 )
 
 

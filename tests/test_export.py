@@ -22,7 +22,7 @@ import torch
 from conftest import PAD, VOCAB, tiny_marian
 from hf_soft_diamond import cli
 from hf_soft_diamond import export as ex
-from hf_soft_diamond.models import build_image_model
+from hf_soft_diamond.tasks.models import build_image_model
 
 # --------------------------------------------------------------------------- references
 
@@ -234,7 +234,7 @@ def test_float16_storage_is_smaller_and_loads_as_float32(tmp_path):
 
 
 def test_image_export_verifies_accuracy_on_the_validation_split(tmp_path):
-    from hf_soft_diamond.data.images import load_digits_dataset
+    from hf_soft_diamond.tasks.data.images import load_digits_dataset
 
     pytest.importorskip("sklearn")
     model = tiny_resnet()

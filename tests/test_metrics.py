@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_soft_diamond.metrics import accuracy, compute_bleu, make_translation_compute_metrics
+from hf_soft_diamond.tasks.metrics import accuracy, compute_bleu, make_translation_compute_metrics
 
 
 def _hand_bleu(hypotheses, references):
@@ -68,7 +68,7 @@ def test_accuracy_logits_predictions_and_ignore_index():
 
 
 def test_translation_compute_metrics_decodes_and_scores():
-    from hf_soft_diamond.data.translation import train_translation_tokenizer
+    from hf_soft_diamond.tasks.data.translation import train_translation_tokenizer
 
     sentences = ["The light came on suddenly.", "Who might have told him?"]
     tokenizer = train_translation_tokenizer(sentences * 10, vocab_size=300, min_frequency=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_soft_diamond.data.translation import train_translation_tokenizer
-from hf_soft_diamond.metrics import compute_bleu
-from hf_soft_diamond.models import (
+from hf_soft_diamond.tasks.data.translation import train_translation_tokenizer
+from hf_soft_diamond.tasks.metrics import compute_bleu
+from hf_soft_diamond.tasks.models import (
     TRANSLATION_MODEL_SIZES,
     build_translation_model,
     load_translation_model,
@@ -122,7 +122,7 @@ def test_load_translation_model_round_trip(tokenizer, tmp_path):
 
 # ----------------------------------------------------------------------------- image models
 
-from hf_soft_diamond.models import IMAGE_MODEL_SIZES, build_image_model, load_image_model  # noqa: E402
+from hf_soft_diamond.tasks.models import IMAGE_MODEL_SIZES, build_image_model, load_image_model  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["resnet", "vit"])

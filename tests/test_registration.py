@@ -82,7 +82,7 @@ def test_one_sgd_step_follows_the_closed_form_gradient(toy):
 
 def test_the_trainer_runs_it_decoupled_under_adamw_and_the_card_cites_it(toy, tmp_path):
     from hf_soft_diamond import SoftDiamondSeq2SeqTrainer, SoftDiamondSeq2SeqTrainingArguments
-    from hf_soft_diamond.reporting.model_card import render_model_card
+    from hf_soft_diamond.model_card import render_model_card
 
     with pytest.raises(ValueError, match="toy_scale|scale"):
         SoftDiamondSeq2SeqTrainingArguments(**base_args(tmp_path / "bad", regularizer="cauchy_toy", reg_strength=0.1,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from hf_soft_diamond.reporting.model_card import render_model_card
-from hf_soft_diamond.reporting.plots import (
+from hf_soft_diamond.model_card import render_model_card
+from hf_soft_diamond.tasks.plots import (
     fitted_prior_density,
     plot_layer_sparsity,
     plot_prune_curves,

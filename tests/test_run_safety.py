@@ -9,7 +9,7 @@ import pytest
 
 
 def test_image_folder_named_after_a_split_is_named_by_its_parent(tmp_path):
-    from hf_soft_diamond.run.image import ImageDataArguments
+    from hf_soft_diamond.tasks.run.image import ImageDataArguments
 
     for split in ("train", "val"):
         (tmp_path / "cats_vs_dogs" / split / "cat").mkdir(parents=True)
@@ -34,7 +34,7 @@ def test_push_to_hub_without_a_token_fails_first(tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub import constants
 
-    from hf_soft_diamond.run.common import check_before_work
+    from hf_soft_diamond.tasks.run.common import check_before_work
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
@@ -49,7 +49,7 @@ def test_push_to_hub_with_an_unreachable_hub_fails_first_in_one_line(tmp_path, m
     import huggingface_hub
     from huggingface_hub import constants
 
-    from hf_soft_diamond.run.common import check_before_work
+    from hf_soft_diamond.tasks.run.common import check_before_work
 
     def unreachable(self, token=None):
         raise ConnectionError("Failed to establish a new connection\n" + "traceback line\n" * 100)
@@ -66,7 +66,7 @@ def test_push_to_hub_with_an_unreachable_hub_fails_first_in_one_line(tmp_path, m
 def test_translation_script_with_push_to_hub_offline_writes_nothing(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "run"
@@ -77,7 +77,7 @@ def test_translation_script_with_push_to_hub_offline_writes_nothing(tmp_path, mo
 
 
 def test_a_failed_run_removes_what_it_added_and_keeps_complete_checkpoints(tmp_path):
-    from hf_soft_diamond.run.common import run_output_dir
+    from hf_soft_diamond.tasks.run.common import run_output_dir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -22,8 +22,8 @@ import sacrebleu
 import torch
 from huggingface_hub import ModelCard
 
-from hf_soft_diamond.data.images import FASHION_MNIST_DIR
-from hf_soft_diamond.data.translation import DING_PATH
+from hf_soft_diamond.tasks.data.images import FASHION_MNIST_DIR
+from hf_soft_diamond.tasks.data.translation import DING_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ding = pytest.mark.skipif(not Path(DING_PATH).exists(), reason="needs Debian's trans-de-en (scripts/setup.sh)")
@@ -33,7 +33,7 @@ SPECTRAL = ("weighted_alpha", "stable_rank", "powerlaw_prior", "frechet_prior")
 
 
 def _flags(config: dict) -> list[str]:
-    from hf_soft_diamond.run.common import _dict_to_flags
+    from hf_soft_diamond.tasks.run.common import _dict_to_flags
 
     return _dict_to_flags(config)
 
@@ -74,8 +74,8 @@ def _log_history(run_dir: Path) -> list[dict]:
 @needs_ding
 @pytest.mark.slow
 def test_translation_trains_on_ding_and_reports_sacrebleu(tmp_path):
-    from hf_soft_diamond.data.translation import load_offline_translation_corpus
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.data.translation import load_offline_translation_corpus
+    from hf_soft_diamond.tasks.run.translation import main
 
     out = tmp_path / "run"
     config = translation_config(out, save_strategy="steps", save_steps=100)
@@ -128,7 +128,7 @@ def test_translation_script_runs_under_accelerate_launch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SPECTRAL)
 def test_spectral_regularizers_train_a_translation_model(tmp_path, name):
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     config = translation_config(tmp_path / name, regularizer=name, reg_strength=1e-3, max_steps=6,
                                 max_train_samples=300, max_predict_samples=8, max_eval_samples=8, prune_fractions=[],
@@ -144,7 +144,7 @@ def test_spectral_regularizers_train_a_translation_model(tmp_path, name):
 @needs_fmnist
 @pytest.mark.slow
 def test_image_training_on_fashion_mnist_beats_chance_on_held_out_images(tmp_path):
-    from hf_soft_diamond.run.image import main
+    from hf_soft_diamond.tasks.run.image import main
 
     out = tmp_path / "fmnist"
     results = main(_flags(image_config(
@@ -163,7 +163,7 @@ def test_image_training_on_fashion_mnist_beats_chance_on_held_out_images(tmp_pat
 @pytest.mark.slow
 def test_paper_recipe_is_sgd_nesterov_with_a_triangular_schedule(tmp_path):
     pytest.importorskip("sklearn")
-    from hf_soft_diamond.run.image import main
+    from hf_soft_diamond.tasks.run.image import main
 
     out = tmp_path / "digits"
     results = main(_flags(image_config(out, max_steps=40, logging_steps=1, save_strategy="steps", save_steps=40)))
@@ -181,7 +181,7 @@ def test_paper_recipe_is_sgd_nesterov_with_a_triangular_schedule(tmp_path):
 @pytest.mark.parametrize("name", SPECTRAL)
 def test_spectral_regularizers_train_an_image_model(tmp_path, name):
     pytest.importorskip("sklearn")
-    from hf_soft_diamond.run.image import main
+    from hf_soft_diamond.tasks.run.image import main
 
     out = tmp_path / name
     results = main(_flags(image_config(out, regularizer=name, reg_strength=1e-3, max_steps=8, prune_fractions=[],
@@ -240,7 +240,7 @@ def test_push_to_hub_uploads_model_card_and_plots(tmp_path, monkeypatch):
     import transformers.trainer
     from huggingface_hub import constants
 
-    from hf_soft_diamond.run.image import main
+    from hf_soft_diamond.tasks.run.image import main
 
     hub = _FakeHub()
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: hub)
@@ -268,8 +268,8 @@ def test_push_to_hub_uploads_model_card_and_plots(tmp_path, monkeypatch):
 
 
 def test_json_config_with_flag_overrides_and_unknown_keys(tmp_path):
-    from hf_soft_diamond.run.common import parse_config
-    from hf_soft_diamond.run.translation import ARGUMENT_CLASSES
+    from hf_soft_diamond.tasks.run.common import parse_config
+    from hf_soft_diamond.tasks.run.translation import ARGUMENT_CLASSES
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps(translation_config(tmp_path / "o", regularizer="sas", sas_alpha=0.5)))
@@ -303,7 +303,7 @@ def test_json_config_with_flag_overrides_and_unknown_keys(tmp_path):
 def test_bad_arguments_fail_before_training_with_the_argument_named(tmp_path, script, bad, message):
     import importlib
 
-    module = importlib.import_module(f"hf_soft_diamond.run.{script}")
+    module = importlib.import_module(f"hf_soft_diamond.tasks.run.{script}")
     base = (translation_config if script == "translation" else image_config)(tmp_path / "never")
     with pytest.raises(ValueError, match=message):
         module.main(_flags({**base, **bad}))
@@ -316,7 +316,7 @@ def test_bad_arguments_fail_before_training_with_the_argument_named(tmp_path, sc
 @pytest.mark.slow
 def test_compare_runs_arms_and_seeds_and_tabulates_them(tmp_path):
     pytest.importorskip("sklearn")
-    from hf_soft_diamond.run.compare import main
+    from hf_soft_diamond.tasks.run.compare import main
 
     base = tmp_path / "base.json"
     base.write_text(json.dumps(image_config(tmp_path / "unused", max_steps=6, prune_fractions=[0.0, 0.5])))
@@ -367,7 +367,7 @@ class _UnreadableImages(torch.utils.data.Dataset):
 @pytest.mark.slow
 def test_validation_final_split_never_reads_the_test_split(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
-    from hf_soft_diamond.run import image
+    from hf_soft_diamond.tasks.run import image
 
     real = image.load_image_splits
 
@@ -389,7 +389,7 @@ def test_validation_final_split_never_reads_the_test_split(tmp_path, monkeypatch
 
 
 def test_expand_grid_names_every_combination_and_best_of_grid_picks_the_top_mean():
-    from hf_soft_diamond.run.compare import best_of_grid, expand_grid
+    from hf_soft_diamond.tasks.run.compare import best_of_grid, expand_grid
 
     arms = {"none": {"regularizer": "none"},
             "sas": {"regularizer": "sas", "sas_alpha": 0.5,
@@ -409,7 +409,7 @@ def test_expand_grid_names_every_combination_and_best_of_grid_picks_the_top_mean
 
 
 def test_sparsest_within_keeps_the_sparsest_point_no_worse_than_one_point_below_none():
-    from hf_soft_diamond.run.compare import expand_grid, sparsest_within
+    from hf_soft_diamond.tasks.run.compare import expand_grid, sparsest_within
 
     arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2, 3, 4]}}}
     names = list(expand_grid(arms))
@@ -427,7 +427,7 @@ def test_sparsest_within_keeps_the_sparsest_point_no_worse_than_one_point_below_
 @pytest.mark.slow
 def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
     pytest.importorskip("sklearn")
-    from hf_soft_diamond.run.compare import compare
+    from hf_soft_diamond.tasks.run.compare import compare
 
     base = image_config(tmp_path / "unused", max_steps=6, prune_fractions=[0.0])
     arms = {"l1": {"regularizer": "l1", "grid": {"reg_strength": [1e-5, 0.3]}}}
@@ -453,7 +453,7 @@ def test_compare_tunes_on_validation_and_writes_the_best_arms(tmp_path):
 
 
 def test_a_loss_ranks_lower_is_better_and_every_metric_is_tabulated():
-    from hf_soft_diamond.run.compare import aggregate, best_of_grid, markdown_table, sparsest_within
+    from hf_soft_diamond.tasks.run.compare import aggregate, best_of_grid, markdown_table, sparsest_within
 
     arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2, 3]}}}
     names = ["none", "l1[reg_strength=1]", "l1[reg_strength=2]", "l1[reg_strength=3]"]
@@ -482,7 +482,7 @@ def test_a_loss_ranks_lower_is_better_and_every_metric_is_tabulated():
 
 
 def test_compare_rejects_a_bad_arm_before_running_anything(tmp_path):
-    from hf_soft_diamond.run.compare import compare
+    from hf_soft_diamond.tasks.run.compare import compare
 
     arms = {"ok": {"regularizer": "l1"}, "bad": {"regularizer": "sas", "sas_alpha": 0.0}}
     with pytest.raises(ValueError, match=r"arm 'bad' seed 1: .*sas_alpha"):
@@ -492,7 +492,7 @@ def test_compare_rejects_a_bad_arm_before_running_anything(tmp_path):
 
 def test_cli_help_for_every_subcommand():
     exe = shutil.which("hf-soft-diamond")
-    cmd = [exe] if exe else [sys.executable, "-m", "hf_soft_diamond.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "hf_soft_diamond.tasks.cli"]
     top = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert top.returncode == 0
     for sub in ("train-translation", "train-image", "compare", "card", "table"):
@@ -555,7 +555,7 @@ def _is_arms_file(path: Path) -> bool:
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if not _is_arms_file(p)], ids=lambda p: p.name)
 def test_every_shipped_training_config_parses(path):
-    from hf_soft_diamond.run.compare import validate_config
+    from hf_soft_diamond.tasks.run.compare import validate_config
 
     validate_config(_task_of(path.name), json.loads(path.read_text()), path.name)
 
@@ -563,7 +563,7 @@ def test_every_shipped_training_config_parses(path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _is_arms_file(p)], ids=lambda p: p.name)
 def test_every_point_of_every_shipped_arms_file_parses(path):
     """Each arm (every grid point) merged into the task's demo config is a valid run."""
-    from hf_soft_diamond.run.compare import expand_grid, validate_config
+    from hf_soft_diamond.tasks.run.compare import expand_grid, validate_config
 
     task = _task_of(path.name)
     base = json.loads((REPO / "configs" / f"demo_{task}.json").read_text())

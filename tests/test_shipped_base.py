@@ -15,7 +15,7 @@ BASE = Path(__file__).resolve().parents[1] / "models" / "marian-de-en-base"
 def base():
     from transformers import AutoTokenizer
 
-    from hf_soft_diamond.models import load_translation_model
+    from hf_soft_diamond.tasks.models import load_translation_model
 
     if not (BASE / "model.safetensors").is_file():
         pytest.fail(f"the base translator is missing: {BASE} (python3 scripts/train_base_translator.py)")
@@ -41,7 +41,7 @@ def test_the_card_reports_the_results_file(base):
     bleu = [r.metric_value for r in card.data.eval_results if r.metric_type == "bleu"]
     assert bleu == [pytest.approx(round(results["test_bleu"], 4))]
     # the per-corpus figures cover the real test split: its Ding and LibreOffice sentences, counted here
-    from hf_soft_diamond.data.translation import load_offline_translation_corpus, read_ding_pairs
+    from hf_soft_diamond.tasks.data.translation import load_offline_translation_corpus, read_ding_pairs
 
     rows = load_offline_translation_corpus("ding+libreoffice")["test"]["translation"]
     ding = {de for de, _ in read_ding_pairs()}
@@ -53,8 +53,8 @@ def test_the_card_reports_the_results_file(base):
 def test_it_translates_held_out_sentences(base):
     """Greedy translations of 64 test sentences of each sub-corpus, scored by sacrebleu: far
     above what an untrained or broken model gets (< 1 BLEU)."""
-    from hf_soft_diamond.data.translation import load_offline_translation_corpus, read_ding_pairs
-    from hf_soft_diamond.metrics import compute_bleu
+    from hf_soft_diamond.tasks.data.translation import load_offline_translation_corpus, read_ding_pairs
+    from hf_soft_diamond.tasks.metrics import compute_bleu
 
     model, tokenizer = base
     rows = load_offline_translation_corpus("ding+libreoffice")["test"]["translation"]
@@ -73,9 +73,9 @@ def test_the_demo_config_fine_tunes_the_base_decoupled(tmp_path, capsys):
     """The README's main command, cut to 3 steps on 48 test sentences: it loads the shipped base,
     translates before and after, runs the prior decoupled on the non-embedding matrices, and
     ends with the summary a person reads."""
-    from hf_soft_diamond.models import load_translation_model
     from hf_soft_diamond.regularizers.selection import select_parameters
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.models import load_translation_model
+    from hf_soft_diamond.tasks.run.translation import main
 
     config = Path(__file__).resolve().parents[1] / "configs" / "demo_translation.json"
     results = main([str(config), "--output_dir", str(tmp_path / "demo"), "--max_steps", "3", "--logging_steps", "1",

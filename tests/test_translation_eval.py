@@ -41,8 +41,8 @@ def _write_jsonl(path: Path, pairs) -> Path:
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
     """A small config-built Marian with its tokenizer, saved as a pretrained checkpoint."""
-    from hf_soft_diamond.data.translation import train_translation_tokenizer
-    from hf_soft_diamond.models import build_translation_model
+    from hf_soft_diamond.tasks.data.translation import train_translation_tokenizer
+    from hf_soft_diamond.tasks.models import build_translation_model
 
     folder = tmp_path_factory.mktemp("pretrained")
     texts = [t for pair in PAIRS for t in pair] * 20
@@ -84,7 +84,7 @@ def _eval_flags(folder: Path, out: Path, **extra: str) -> list[str]:
 
 
 def test_evaluation_only_on_a_test_file_alone(saved_model, tmp_path):
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     test_file = _write_jsonl(tmp_path / "my_test.jsonl", PAIRS)
     out = tmp_path / "eval"
@@ -103,7 +103,7 @@ def test_evaluation_only_on_a_test_file_alone(saved_model, tmp_path):
 
 
 def test_files_never_fall_back_to_a_corpus_and_missing_splits_fail_first(saved_model, tmp_path):
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     valid = _write_jsonl(tmp_path / "dev.jsonl", PAIRS[:3])
     out = tmp_path / "never"
@@ -120,7 +120,7 @@ def test_files_never_fall_back_to_a_corpus_and_missing_splits_fail_first(saved_m
     ('{"translation": {"de": "Hallo"}}\n', "is not a de-en translation file"),
 ])
 def test_bad_test_files_fail_before_any_work(saved_model, tmp_path, content, message):
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
@@ -130,7 +130,7 @@ def test_bad_test_files_fail_before_any_work(saved_model, tmp_path, content, mes
 
 
 def test_truncation_of_more_than_one_percent_is_logged_with_counts(saved_model, tmp_path, caplog):
-    from hf_soft_diamond.run.translation import main
+    from hf_soft_diamond.tasks.run.translation import main
 
     test_file = _write_jsonl(tmp_path / "t.jsonl", PAIRS)
     flags = _eval_flags(saved_model, tmp_path / "trunc", test_file=str(test_file))

@@ -156,7 +156,7 @@ def build_translation_model(
     Args:
         size: ``"micro"``, ``"tiny"``, ``"small"`` or ``"iwslt"``.
         tokenizer: a joint source+target tokenizer with pad and eos tokens
-            (e.g. from :func:`hf_soft_diamond.data.translation.train_translation_tokenizer`).
+            (e.g. from :func:`hf_soft_diamond.tasks.data.translation.train_translation_tokenizer`).
         seed: when given, ``torch.manual_seed(seed)`` before the weights are drawn.
         max_length: default ``generation_config.max_length`` (tokens).
         overrides: ``MarianConfig`` fields that replace the size's values.

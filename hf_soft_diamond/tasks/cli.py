@@ -50,7 +50,7 @@ def _card(argv: list[str]) -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--model_name", default=None, help="default: the run directory's name")
     args = ap.parse_args(argv)
-    from .reporting.model_card import render_model_card
+    from ..model_card import render_model_card
 
     run_dir = Path(args.run_dir)
     results_path = run_dir / "all_results.json"
@@ -70,14 +70,14 @@ def _table(argv: list[str]) -> None:
                                              "launch.")
     ap.add_argument("--alpha", type=float, nargs="+", required=True, help="tail indices in (0, 2]")
     args = ap.parse_args(argv)
-    from .priors.sas import prebuild_sas_tables
+    from ..priors.sas import prebuild_sas_tables
 
     for path in prebuild_sas_tables(args.alpha):
         print(path)
 
 
 def _export(argv: list[str]) -> None:
-    from .export import main
+    from ..export import main
 
     main(argv)
 

@@ -35,6 +35,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
 
+from ...spectrum_monitor import SpectrumCallback
+from ...trainer import SoftDiamondSeq2SeqTrainer
+from ...training_args import SoftDiamondSeq2SeqTrainingArguments
 from ..data.translation import (
     OFFLINE_CORPORA,
     iter_translation_rows,
@@ -45,9 +48,6 @@ from ..data.translation import (
 )
 from ..metrics import compute_bleu
 from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_translation_model
-from ..spectrum_monitor import SpectrumCallback
-from ..trainer import SoftDiamondSeq2SeqTrainer
-from ..training_args import SoftDiamondSeq2SeqTrainingArguments
 from .common import (
     FINAL_SPLITS,
     PRUNE_FRACTIONS,

@@ -36,6 +36,9 @@ from transformers import default_data_collator, set_seed
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
+from ...spectrum_monitor import SpectrumCallback
+from ...trainer import SoftDiamondTrainer
+from ...training_args import SoftDiamondTrainingArguments
 from ..data.images import (
     ImageTensorDataset,
     attach_transforms,
@@ -47,9 +50,6 @@ from ..data.images import (
 )
 from ..metrics import accuracy
 from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
-from ..spectrum_monitor import SpectrumCallback
-from ..trainer import SoftDiamondTrainer
-from ..training_args import SoftDiamondTrainingArguments
 from .common import (
     FINAL_SPLITS,
     PRUNE_FRACTIONS,
@@ -77,7 +77,7 @@ class ImageModelArguments:
     model_type: str = field(default="resnet", metadata={
         "help": f"Config-built architecture: {list(IMAGE_MODEL_SIZES)}."})
     model_size: str = field(default="small", metadata={
-        "help": "Named size (resnet: tiny, small, resnet18; vit: tiny, small, base); see hf_soft_diamond.models."})
+        "help": "Named size (resnet: tiny, small, resnet18; vit: tiny, small, base), see hf_soft_diamond.tasks.models"})
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Pretrained checkpoint (Hub id such as google/vit-base-patch16-224, or a local folder); its head is "
                 "re-initialised when the label count differs. When unset, --model_type/--model_size from a config."})

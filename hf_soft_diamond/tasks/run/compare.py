@@ -1,7 +1,7 @@
 """Compare regularizer settings on one task: several arms x seeds, one table.
 
-Each run is the task's training job (``hf_soft_diamond.run.translation`` or
-``hf_soft_diamond.run.image``) started as its own process with a JSON config that
+Each run is the task's training job (``hf_soft_diamond.tasks.run.translation`` or
+``hf_soft_diamond.tasks.run.image``) started as its own process with a JSON config that
 merges the base config, the arm's overrides, the seed and the run's output dir
 (saved as ``<output_dir>/<arm>/seed<k>/config.json``, so every run can be re-run
 alone). Runs go one after another (``--jobs N``: N at a time); ``--launcher`` puts e.g. ``torchrun
@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-TASK_MODULES = {"translation": "hf_soft_diamond.run.translation", "image": "hf_soft_diamond.run.image"}
+TASK_MODULES = {"translation": "hf_soft_diamond.tasks.run.translation", "image": "hf_soft_diamond.tasks.run.image"}
 #: The task's headline metric (results key suffix, label): what the prune curves measure.
 TASK_METRIC = {"translation": ("bleu", "BLEU"), "image": ("accuracy", "accuracy (%)")}
 #: Every metric a task's results hold: name -> (label, higher is better). Any of them can
@@ -309,7 +309,7 @@ def validate_config(task: str, config: Mapping[str, Any], where: str) -> None:
 
 def write_comparison(task: str, runs: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
                      split: str = "test", metric: str | None = None) -> dict[str, Any]:
-    from ..reporting.plots import plot_prune_curves
+    from ..plots import plot_prune_curves
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..regularizers import get_regularizer_class
-from ..regularizers.base import UNCITED, Citation
+from .regularizers import get_regularizer_class
+from .regularizers.base import UNCITED, Citation
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "hf_soft_diamond_card.md"  # model_cards/ links here
 

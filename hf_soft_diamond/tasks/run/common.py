@@ -243,7 +243,7 @@ def sparsity_summary(model: torch.nn.Module, names: Sequence[str], thresholds: S
     ``{"regularized": {"1e-03": frac, ...}, "all": {...}, "numel": {"regularized": n, "all": n},
     "per_layer": {param name: {"1e-03": frac, ...}}}`` (regularized parameters only in ``per_layer``).
     """
-    from ..sparsity import sparsity_report
+    from ...sparsity import sparsity_report
 
     report = sparsity_report(model, thresholds=tuple(thresholds), regularized_names=list(names)).to_dict()
     return {
@@ -270,9 +270,9 @@ def finish_run(
     is_main_process: bool = True,
 ) -> dict[str, Any]:
     """Measure the trained model, write plots, ``all_results.json`` and the card; return the results."""
-    from ..reporting.model_card import render_model_card
-    from ..reporting.plots import plot_layer_sparsity, plot_prune_curves, plot_spectrum_history, plot_weight_histogram
-    from ..sparsity import prune_curve, sparsity_at_max_loss
+    from ...model_card import render_model_card
+    from ...sparsity import prune_curve, sparsity_at_max_loss
+    from ..plots import plot_layer_sparsity, plot_prune_curves, plot_spectrum_history, plot_weight_histogram
 
     output_dir = Path(output_dir)
     results = dict(results)

@@ -832,7 +832,7 @@ def train_translation_tokenizer(
           encoded sequence ends with ``</s>`` (source and labels alike, as
           Marian); the decoder starts with ``<pad>``
           (``decoder_start_token_id = pad_token_id``, set by
-          :func:`hf_soft_diamond.models.build_translation_model`).
+          :func:`hf_soft_diamond.tasks.models.build_translation_model`).
         * ``vocab_size`` includes the special tokens.
 
     Returns a ``transformers.PreTrainedTokenizerFast`` (saved with

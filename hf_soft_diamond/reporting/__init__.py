@@ -1,1 +1,0 @@
-"""Figures and model cards built from a run's results (never the reverse)."""
