@@ -53,7 +53,7 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
 from .hooks import RegularizerHandle, attach_regularizer
 from .optim import FusedRegularizerHandle, RegularizedAdamW
-from .regularizers import select_parameters
+from .regularizers import Regularizer, select_parameters
 from .training_args import SoftDiamondArgumentsMixin, SoftDiamondSeq2SeqTrainingArguments, SoftDiamondTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,10 @@ class SoftDiamondTrainerMixin:
     Attributes:
         regularizer_handle: the :class:`~hf_soft_diamond.RegularizerHandle` attached to the
             optimizer (``None`` until the optimizer exists, i.e. before ``train()``).
+
+    The regularizer is built from the arguments once per optimizer (the first one when a
+    report or penalty is asked for before training: that same object is then attached), and
+    the regularized parameters are selected once per model.
     """
 
     _soft_diamond_args_class: type[SoftDiamondArgumentsMixin] = SoftDiamondTrainingArguments
@@ -158,6 +162,8 @@ class SoftDiamondTrainerMixin:
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *pos: Any, **kwargs: Any) -> None:
         self.regularizer_handle = None
+        self._unattached_regularizer: Regularizer | None = None  # built before an optimizer existed
+        self._selection: tuple[int, list[tuple[str, nn.Parameter]]] | None = None  # (id(model), selection)
         super().__init__(model, self._soft_diamond_args(args), *pos, **kwargs)
         self._set_model_accepts_loss_kwargs()
         self.add_callback(_RegularizerEpochCallback(self))
@@ -192,7 +198,7 @@ class SoftDiamondTrainerMixin:
         names = super().get_decay_parameter_names(model)
         if self.args.regularizer == "none":
             return names
-        regularized = {n for n, _ in select_parameters(model, **self.args.selection_kwargs())}
+        regularized = {n for n, _ in self._selected(model)}
         kept = [n for n in names if n not in regularized]
         if self.args.weight_decay > 0 and len(kept) < len(names):
             logger.info("hf_soft_diamond: weight_decay=%s is not applied to %d regularized parameter tensors "
@@ -208,12 +214,32 @@ class SoftDiamondTrainerMixin:
         named = self._regularized_named(self.model if model is None else model)
         return RegularizedAdamW, {
             "lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
-            "regularizer": args.build_regularizer(), "regularized": named, "fused_backend": args.reg_fused_backend,
+            "regularizer": self._regularizer_to_attach(), "regularized": named, "fused_backend": args.reg_fused_backend,
             "on_nonfinite": args.reg_on_nonfinite, "check_finite_every": args.reg_check_finite_every,
         }
 
+    def _selected(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """``select_parameters`` of the arguments on ``model``, computed once per model."""
+        if self._selection is None or self._selection[0] != id(model):
+            self._selection = (id(model), select_parameters(model, **self.args.selection_kwargs()))
+        return self._selection[1]
+
+    def _regularizer_to_attach(self) -> Regularizer:
+        """The regularizer for a new optimizer: the one built before training if any, else a fresh one."""
+        regularizer, self._unattached_regularizer = self._unattached_regularizer, None
+        return regularizer if regularizer is not None else self.args.build_regularizer()
+
+    @property
+    def regularizer(self) -> Regularizer:
+        """The run's regularizer: the attached one, or (before training) the one that will be attached."""
+        if self.regularizer_handle is not None:
+            return self.regularizer_handle.regularizer
+        if self._unattached_regularizer is None:
+            self._unattached_regularizer = self.args.build_regularizer()
+        return self._unattached_regularizer
+
     def _regularized_named(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        named = select_parameters(model, **self.args.selection_kwargs())
+        named = self._selected(model)
         if not named and self.args.regularizer != "none":
             raise ValueError("hf_soft_diamond: no parameter matches the selection (`reg_include`="
                              f"{self.args.reg_include!r}, `reg_exclude`={self.args.reg_exclude!r}); the regularizer "
@@ -238,7 +264,7 @@ class SoftDiamondTrainerMixin:
                         len(raw.named_regularized))
             return optimizer
         named = self._regularized_named(self.model if model is None else model)
-        regularizer = self.args.build_regularizer()
+        regularizer = self._regularizer_to_attach()
         self.regularizer_handle = attach_regularizer(raw, regularizer, named, on_nonfinite=self.args.reg_on_nonfinite,
                                                      check_finite_every=self.args.reg_check_finite_every)
         logger.info("hf_soft_diamond: %r on %d tensors (%d weights).", regularizer, len(named),
@@ -251,14 +277,13 @@ class SoftDiamondTrainerMixin:
         handle's (chosen once, when the optimizer was built), else the selection now."""
         if self.regularizer_handle is not None:
             return self.regularizer_handle.names
-        return [n for n, _ in select_parameters(self.model, **self.args.selection_kwargs())]
+        return [n for n, _ in self._selected(self.model)]
 
     def regularizer_penalty(self) -> float:
-        """``strength * R(w)`` of the regularized weights now (the handle's; a fresh regularizer's before training)."""
+        """``strength * R(w)`` of the regularized weights now (the handle's; before training, of the selection)."""
         if self.regularizer_handle is not None:
             return self.regularizer_handle.penalty()
-        params = [p for _, p in select_parameters(self.model, **self.args.selection_kwargs())]
-        return float(self.args.build_regularizer().penalty(params))
+        return float(self.regularizer.penalty([p for _, p in self._selected(self.model)]))
 
     def sparsity_metrics(self, prefix: str = "sparsity") -> dict[str, float]:
         """``{prefix}/reg/le_<tau>`` and ``{prefix}/all/le_<tau>`` at ``args.sparsity_thresholds`` ({} if none)."""
@@ -279,13 +304,11 @@ class SoftDiamondTrainerMixin:
         acted on), ``weight_decay_on_regularized`` (the optimizer's decay on them: 0 when a
         regularizer is on, see the arguments), ``sparsity`` (flat ``sparsity/...`` fractions).
         """
-        handle = self.regularizer_handle
-        if handle is not None:
-            regularizer = handle.regularizer
-        else:  # before training (or evaluation only): the mode the arguments' optimizer would give it
-            regularizer = self.args.build_regularizer()
+        regularizer = self.regularizer
+        if self.regularizer_handle is None:  # before training (or evaluation only): the mode its optimizer gives it
             regularizer.resolve_mode(self.args.optim if not self.args.reg_fused_optimizer else "adamw_torch")
-        named = select_parameters(self.model, **self.args.selection_kwargs())
+        params = dict(self.model.named_parameters())
+        named = [(n, params[n]) for n in self.regularized_parameter_names() if n in params]
         selection = {"reg_include": self.args.reg_include, "reg_exclude": self.args.reg_exclude,
                      "reg_include_embeddings": self.args.reg_include_embeddings}
         hparams = {**regularizer.hparams(), **{k: v for k, v in selection.items() if v is not None}}

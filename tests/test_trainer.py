@@ -281,6 +281,26 @@ def test_create_optimizer_attaches_once_and_report(tmp_path, tiny_data):
     assert report["penalty"] == pytest.approx(handle.penalty()) and "sparsity/reg/le_1e-08" in report["sparsity"]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["hooks", "fused"])
+def test_a_run_builds_its_regularizer_and_selection_once(tmp_path, tiny_data, monkeypatch, fused):
+    """Report before training, train with a log every step, report after: one regularizer object
+    (the one reported before training is the one attached) and one parameter selection."""
+    import hf_soft_diamond.trainer as trainer_module
+
+    trainer = soft_trainer(tmp_path / "o", tiny_data, cls=SoftDiamondTrainer, regularizer="l1", reg_strength=1e-2,
+                           reg_mode="decoupled", optim="adamw_torch", reg_fused_optimizer=fused, logging_steps=1)
+    built, selections = [], []
+    build = type(trainer.args).build_regularizer
+    select = trainer_module.select_parameters
+    monkeypatch.setattr(type(trainer.args), "build_regularizer", lambda self: built.append(build(self)) or built[-1])
+    monkeypatch.setattr(trainer_module, "select_parameters", lambda *a, **k: selections.append(1) or select(*a, **k))
+    trainer.regularizer_report()
+    trainer.train()
+    report = trainer.regularizer_report()
+    assert len(built) == 1 and trainer.regularizer_handle.regularizer is built[0]
+    assert len(selections) == 1 and report["optimizer_steps"] == 3
+
+
 def test_plain_arguments_are_converted(tmp_path, tiny_data):
     args = Seq2SeqTrainingArguments(**plain_args(tmp_path / "p"))
     trainer = SoftDiamondSeq2SeqTrainer(model=tiny_marian(), args=args, train_dataset=tiny_data)
