@@ -241,19 +241,13 @@ class FusedRegularizerHandle(RegularizerHandle):
     Trainer keeps as ``regularizer_handle``): the same wiring without step hooks (the optimizer
     applies the regularizer in its own update); :meth:`remove` turns it into plain AdamW.
 
-    ``FusedRegularizerHandle(optimizer)`` returns the optimizer's own handle.
+    Built by the optimizer itself (``optimizer.handle``).
     """
 
-    def __new__(cls, optimizer: RegularizedAdamW, *args: Any, **kwargs: Any) -> FusedRegularizerHandle:
-        if args or kwargs:  # built by the optimizer itself
-            return super().__new__(cls)
-        if optimizer.regularizer is None:
-            raise ValueError("the optimizer has no regularizer to hand out")
-        return optimizer.handle
-
-    def __init__(self, optimizer: RegularizedAdamW, *args: Any, **kwargs: Any) -> None:
-        if args or kwargs:
-            super().__init__(optimizer, *args, hooks=False, **kwargs)
+    def __init__(self, optimizer: RegularizedAdamW, regularizer: Regularizer,
+                 named_params: list[tuple[str, nn.Parameter]], on_nonfinite: Literal["raise", "warn"] = "raise",
+                 check_finite_every: int = 1) -> None:
+        super().__init__(optimizer, regularizer, named_params, on_nonfinite, check_finite_every, hooks=False)
 
     def remove(self) -> None:
         """Detach the regularizer: the optimizer goes on as plain AdamW."""

@@ -259,7 +259,7 @@ class SoftDiamondTrainerMixin:
         if handle is not None:  # a new optimizer (e.g. a new train() with a fresh optimizer): move the wiring
             handle.remove()
         if isinstance(raw, RegularizedAdamW) and raw.regularizer is not None:
-            self.regularizer_handle = FusedRegularizerHandle(raw)
+            self.regularizer_handle = raw.handle
             logger.info("hf_soft_diamond: %r fused into RegularizedAdamW on %d tensors.", raw.regularizer,
                         len(raw.named_regularized))
             return optimizer
