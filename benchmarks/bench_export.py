@@ -43,8 +43,9 @@ from torch.utils import benchmark as tbench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_soft_diamond import export as ex  # noqa: E402
-from hf_soft_diamond.sparsity import prune_by_magnitude  # noqa: E402
+from hf_soft_diamond import export as sparse_format  # noqa: E402
+from hf_soft_diamond.pruning import prune_by_magnitude  # noqa: E402
+from hf_soft_diamond.tasks import export as ex  # noqa: E402
 
 CLOCK = {"name": "wall", "fn": time.perf_counter}
 
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         unpruned = ex.load_run_model(run, image_shape=plan.results.get("image_shape"))
         names = ex.regularized_names(unpruned, plan.results.get("regularizer"))
         pruned, _ = prune_by_magnitude(unpruned, plan.fraction, regularized_names=names)
-        exported = ex.load_sparse_pretrained(tmp / "sparse")
+        exported = sparse_format.load_sparse_pretrained(tmp / "sparse")
         got = exported.state_dict()
         same = all(torch.equal(t, got[k]) for k, t in pruned.state_dict().items())
         report["exported_weights_equal_in_memory_pruned"] = same
@@ -246,10 +247,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "unpruned": ver["before"], "pruned_in_memory": in_memory,
                                 "exported_loaded": ver["after"], "identical": in_memory == ver["after"]}
         # load time
-        cls = ex._model_class(pruned.config)
+        cls = sparse_format._model_class(pruned.config)
         report["load_seconds"] = {
             "dense_from_pretrained": _median_time(lambda: cls.from_pretrained(tmp / "dense32"), args.repeats),
-            "sparse_load_sparse_pretrained": _median_time(lambda: ex.load_sparse_pretrained(tmp / "sparse"),
+            "sparse_load_sparse_pretrained": _median_time(lambda: sparse_format.load_sparse_pretrained(tmp / "sparse"),
                                                           args.repeats),
         }
         # inference: unpruned vs exported, end to end; inputs for the kernel table

@@ -34,8 +34,8 @@ _LAZY = {
     "SoftDiamondTrainingArguments": "training_args",
     "SoftDiamondSeq2SeqTrainingArguments": "training_args",
     "sparsity_report": "sparsity",
-    "prune_by_magnitude": "sparsity",
-    "prune_curve": "sparsity",
+    "prune_by_magnitude": "pruning",
+    "prune_curve": "pruning",
     "SparsityReport": "sparsity",
 }
 

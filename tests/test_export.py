@@ -20,8 +20,16 @@ import pytest
 import torch
 
 from conftest import PAD, VOCAB, tiny_marian
-from hf_soft_diamond import cli
-from hf_soft_diamond import export as ex
+from hf_soft_diamond.export import (
+    FORMAT_NAME,
+    MANIFEST_NAME,
+    SPARSE_WEIGHTS_NAME,
+    decode_sparse_state_dict,
+    encode_sparse_state_dict,
+    load_sparse_pretrained,
+)
+from hf_soft_diamond.tasks import cli
+from hf_soft_diamond.tasks import export as ex
 from hf_soft_diamond.tasks.models import build_image_model
 
 # --------------------------------------------------------------------------- references
@@ -100,7 +108,7 @@ def export(run: Path, out: Path, *args: str) -> dict:
 
 def cli_main(argv: list[str]) -> dict:
     cli.main(argv)
-    return json.loads((Path(argv[2]) / ex.MANIFEST_NAME).read_text())
+    return json.loads((Path(argv[2]) / MANIFEST_NAME).read_text())
 
 
 # --------------------------------------------------------------------------- knee
@@ -129,12 +137,12 @@ def test_bitmask_encoding_round_trips_and_matches_numpy_packbits():
     w[0, 0], w[0, 1], w[1, 2] = float("nan"), float("inf"), -0.0
     dense = torch.randn(5, 5, generator=g)  # no zeros: stays dense
     ints = torch.arange(10)
-    tensors, meta = ex.encode_sparse_state_dict({"w": w, "dense": dense, "ints": ints})
+    tensors, meta = encode_sparse_state_dict({"w": w, "dense": dense, "ints": ints})
     assert set(tensors) == {"w.bitmask", "w.values", "dense", "ints"}
     expect_bits = np.packbits((w.numpy() != 0).reshape(-1))
     assert np.array_equal(tensors["w.bitmask"].numpy(), expect_bits)
     assert tensors["w.values"].numel() == int(np.count_nonzero(w.numpy()))
-    back = ex.decode_sparse_state_dict(tensors, meta)
+    back = decode_sparse_state_dict(tensors, meta)
     assert torch.equal(back["dense"], dense) and torch.equal(back["ints"], ints)
     assert back["w"].shape == w.shape and torch.allclose(back["w"], w, equal_nan=True, rtol=0, atol=0)
     assert int((back["w"] == 0).sum()) == int((w == 0).sum())
@@ -144,7 +152,7 @@ def test_half_precision_storage_keeps_the_zeros_and_rounds_the_values():
     w = torch.randn(40, 40, generator=torch.Generator().manual_seed(1))
     w[w.abs() < 1.0] = 0
     for dtype in (torch.float16, torch.bfloat16):
-        back = ex.decode_sparse_state_dict(*ex.encode_sparse_state_dict({"w": w}, dtype=dtype), dtype=torch.float32)
+        back = decode_sparse_state_dict(*encode_sparse_state_dict({"w": w}, dtype=dtype), dtype=torch.float32)
         assert torch.equal(back["w"], w.to(dtype).float())
 
 
@@ -156,8 +164,8 @@ def test_marian_export_loads_back_with_the_pruned_models_weights_logits_and_gene
     model = tiny_marian(seed=3).eval()
     reference, k = reference_prune(model, 0.7)
     manifest = export(run, tmp_path / "out", "--prune", "0.7", "--no_verify")
-    assert manifest["prune"]["num_pruned"] == k and manifest["format"] == ex.FORMAT_NAME
-    loaded = ex.load_sparse_pretrained(tmp_path / "out")
+    assert manifest["prune"]["num_pruned"] == k and manifest["format"] == FORMAT_NAME
+    loaded = load_sparse_pretrained(tmp_path / "out")
     ref_sd, got_sd = reference.state_dict(), loaded.state_dict()
     assert all(torch.equal(ref_sd[n], got_sd[n]) for n in ref_sd)
     assert zeros_per_tensor(loaded) == zeros_per_tensor(reference)
@@ -169,9 +177,9 @@ def test_marian_export_loads_back_with_the_pruned_models_weights_logits_and_gene
         assert torch.equal(loaded.generate(input_ids=ids), reference.generate(input_ids=ids))
     # what ships beside the weights
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"config.json", "generation_config.json", "tokenizer.json", "README.md", ex.MANIFEST_NAME,
-            ex.SPARSE_WEIGHTS_NAME} <= names and "model.safetensors" not in names
-    assert (tmp_path / "out" / ex.SPARSE_WEIGHTS_NAME).stat().st_size < manifest["size_bytes"]["dense_float32"]
+    assert {"config.json", "generation_config.json", "tokenizer.json", "README.md", MANIFEST_NAME,
+            SPARSE_WEIGHTS_NAME} <= names and "model.safetensors" not in names
+    assert (tmp_path / "out" / SPARSE_WEIGHTS_NAME).stat().st_size < manifest["size_bytes"]["dense_float32"]
     # plain from_pretrained refuses the sparse folder instead of initialising weights at random
     from transformers import MarianMTModel
 
@@ -197,7 +205,7 @@ def test_vit_export_round_trip(tmp_path):
     run = make_run(tmp_path / "run", vit, image_results())
     reference, _ = reference_prune(vit, 0.9)
     export(run, tmp_path / "out", "--prune", "knee", "--no_verify")  # knee of CURVE at 1 point: 0.9
-    loaded = ex.load_sparse_pretrained(tmp_path / "out")
+    loaded = load_sparse_pretrained(tmp_path / "out")
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=x).logits, reference(pixel_values=x).logits)
@@ -223,7 +231,7 @@ def test_float16_storage_is_smaller_and_loads_as_float32(tmp_path):
     m32 = export(run, tmp_path / "out32", "--prune", "0.5", "--no_verify")
     m16 = export(run, tmp_path / "out16", "--prune", "0.5", "--no_verify", "--dtype", "float16")
     assert m16["size_bytes"]["exported"] < 0.75 * m32["size_bytes"]["exported"]
-    loaded = ex.load_sparse_pretrained(tmp_path / "out16")
+    loaded = load_sparse_pretrained(tmp_path / "out16")
     for name, ref in reference.state_dict().items():
         got = loaded.state_dict()[name]
         expect = ref.half().float() if ref.is_floating_point() else ref
@@ -364,7 +372,7 @@ def test_a_failing_export_leaves_no_half_written_out_dir(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
     monkeypatch.undo()
     export(run, tmp_path / "out", "--prune", "0.5", "--no_verify", "--overwrite")
-    assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / ex.SPARSE_WEIGHTS_NAME).is_file()
+    assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / SPARSE_WEIGHTS_NAME).is_file()
 
 
 def test_export_help():

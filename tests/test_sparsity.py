@@ -10,14 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from hf_soft_diamond import pruning as pr
 from hf_soft_diamond import sparsity as sp
-from hf_soft_diamond.sparsity import (
-    prune_by_magnitude,
-    prune_curve,
-    pruned,
-    sparsity_at_max_loss,
-    sparsity_report,
-)
+from hf_soft_diamond.pruning import prune_by_magnitude, prune_curve, pruned, sparsity_at_max_loss
+from hf_soft_diamond.sparsity import sparsity_report
 
 
 class Tiny(nn.Module):
@@ -170,7 +166,7 @@ def test_prune_matches_reference_with_ties(fraction: float) -> None:
 
 
 def test_prune_random_global_fraction_and_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sp, "_CHUNK", 1000)  # exercise chunking
+    monkeypatch.setattr(pr, "_CHUNK", 1000)  # exercise chunking
     g = torch.Generator().manual_seed(1)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
     with torch.no_grad():
@@ -298,3 +294,29 @@ def test_sparsity_at_max_loss() -> None:
     with pytest.raises(ValueError, match="max_loss"):
         sparsity_at_max_loss(curve, max_loss=-1)
     assert sparsity_at_max_loss(c([(0, 50.0), (0.5, float("nan"))])) == 0.0
+
+
+def test_pruning_names_still_import_from_sparsity() -> None:
+    """Documented compat: the pruning API moved to hf_soft_diamond.pruning, the old import path still works."""
+    import hf_soft_diamond
+    from hf_soft_diamond.sparsity import DEFAULT_PRUNE_FRACTIONS, PruneInfo
+    from hf_soft_diamond.sparsity import prune_by_magnitude as old_prune
+    from hf_soft_diamond.sparsity import prune_curve as old_curve
+    from hf_soft_diamond.sparsity import pruned as old_pruned
+    from hf_soft_diamond.sparsity import sparsity_at_max_loss as old_knee
+
+    assert (old_prune, old_curve, old_pruned, old_knee) == (prune_by_magnitude, prune_curve, pruned,
+                                                            sparsity_at_max_loss)
+    assert PruneInfo is pr.PruneInfo and DEFAULT_PRUNE_FRACTIONS is pr.DEFAULT_PRUNE_FRACTIONS
+    assert hf_soft_diamond.prune_by_magnitude is prune_by_magnitude and hf_soft_diamond.prune_curve is prune_curve
+    with pytest.raises(AttributeError):
+        sp.no_such_name  # noqa: B018
+
+
+def test_pruning_and_measurement_share_one_regularized_set_resolution() -> None:
+    assert pr._resolve_regularized is sp._resolve_regularized
+    model = Tiny()
+    _set(model)
+    rep = sparsity_report(model)
+    _, info = prune_by_magnitude(model, 0.5)
+    assert set(info.pruned_per_layer) == {n for n, layer in rep.layers.items() if layer.regularized} == set(REG)

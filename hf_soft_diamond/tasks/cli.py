@@ -77,7 +77,7 @@ def _table(argv: list[str]) -> None:
 
 
 def _export(argv: list[str]) -> None:
-    from ..export import main
+    from .export import main
 
     main(argv)
 
