@@ -24,6 +24,7 @@ import torch
 from scipy.stats import levy_stable
 
 from hf_soft_diamond.priors import sas as S
+from hf_soft_diamond.priors.sas import build as sas_build
 
 
 def _median_time(fn, repeat: int) -> float:
@@ -36,7 +37,7 @@ def _median_time(fn, repeat: int) -> float:
 
 
 def build_fresh(alpha: float, grid_step: float) -> S.SasTable:
-    lo, h, n = S._grid_params(alpha, grid_step, None, None)
+    lo, h, n = sas_build._grid_params(alpha, grid_step, None, None)
     r, q, _ = S.build_unit_table(alpha, lo, lo + h * (n - 1), h)
     table = S.SasTable(alpha, lo, h, r, q)  # also makes the float32/float64 cell tensors
     return table

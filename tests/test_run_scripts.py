@@ -511,7 +511,7 @@ def test_cli_table_builds_a_table_that_matches_scipy(tmp_path, monkeypatch):
     from hf_soft_diamond.priors import sas
 
     monkeypatch.setenv("HF_SOFT_DIAMOND_CACHE", str(tmp_path))
-    monkeypatch.setattr(sas, "_MEMORY", {})
+    monkeypatch.setattr(sas.cache, "_MEMORY", {})  # where get_sas_table looks it up
     cli.main(["table", "--alpha", "0.7"])
     files = list(tmp_path.glob("sas_alpha0.7_*.npz"))
     assert len(files) == 1

@@ -28,6 +28,8 @@ from scipy.stats import levy_stable, norm
 
 from hf_soft_diamond.priors import get_sas_table, prebuild_sas_tables, sas_log_pdf, sas_score
 from hf_soft_diamond.priors import sas as S
+from hf_soft_diamond.priors.sas import build as sas_build
+from hf_soft_diamond.priors.sas import cache as sas_cache
 
 ALPHAS = [0.3, 0.5, 0.9, 1.0, 1.3, 1.5, 1.9, 2.0]
 
@@ -210,7 +212,7 @@ def test_built_table_values_match_high_precision_references(alpha):
     alpha = 1/2 against its closed form in mpmath (every region: power series, closed form),
     other alphas against the 50-digit series wherever those converge (the power and tail
     regions, whose lengths the planner picks)."""
-    lo, h, n = S._grid_params(alpha, S.DEFAULT_GRID_STEP, None, None)
+    lo, h, n = sas_build._grid_params(alpha, S.DEFAULT_GRID_STEP, None, None)
     r, q, _ = S.build_unit_table(alpha, lo, lo + h * (n - 1), h)
     idx = np.linspace(0, n - 1, 60 if alpha == 0.5 else 200).round().astype(int)
     if alpha == 0.5:  # and every grid point around the switch from the power series (z = 0.007)
@@ -268,7 +270,7 @@ def test_disk_cache_roundtrip(tmp_path):
     assert again is not table
     np.testing.assert_array_equal(again.r, table.r)
     np.testing.assert_array_equal(again.q, table.q)
-    assert S._load(path, 1.3, table.t_min, table.grid_step, table.n) is not None
+    assert sas_cache._load(path, 1.3, table.t_min, table.grid_step, table.n) is not None
     assert get_sas_table(1.3) is again  # memory cache
     assert get_sas_table(1.3, grid_step=0.05) is not again  # other grid, other table
 
@@ -286,12 +288,12 @@ def test_damaged_cache_file_is_rebuilt(tmp_path, damage):
     elif damage == "garbage":
         path.write_bytes(b"not a table")
     else:
-        S._save(path, 0.8, table.t_min, table.grid_step, table.r, table.q)
-    assert S._load(path, 0.7, table.t_min, table.grid_step, table.n) is None
+        sas_cache._save(path, 0.8, table.t_min, table.grid_step, table.r, table.q)
+    assert sas_cache._load(path, 0.7, table.t_min, table.grid_step, table.n) is None
     S.clear_memory_cache()
     rebuilt = get_sas_table(0.7)
     np.testing.assert_array_equal(rebuilt.r, table.r)
-    assert S._load(path, 0.7, table.t_min, table.grid_step, table.n) is not None  # overwritten
+    assert sas_cache._load(path, 0.7, table.t_min, table.grid_step, table.n) is not None  # overwritten
 
 
 def _build_in_child(cache_dir: str, alpha: float) -> str:
@@ -308,7 +310,7 @@ def test_concurrent_builds_leave_a_valid_file(tmp_path):
         paths = pool.starmap(_build_in_child, [(cache_dir, 1.7)] * 4)
     assert len(set(paths)) == 1
     table = get_sas_table(1.7)
-    assert S._load(_only_file(tmp_path), 1.7, table.t_min, table.grid_step, table.n) is not None
+    assert sas_cache._load(_only_file(tmp_path), 1.7, table.t_min, table.grid_step, table.n) is not None
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 

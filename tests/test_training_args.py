@@ -190,17 +190,17 @@ def test_validating_the_arguments_builds_no_table_and_writes_nothing(tmp_path, m
     """Parsing arguments has no side effects: the SaS table of a new alpha is neither built nor
     written to the disk cache until a step needs it; a bad alpha still fails in the arguments."""
     from hf_soft_diamond import SoftDiamondTrainingArguments
-    from hf_soft_diamond.priors import sas as sas_math
+    from hf_soft_diamond.priors.sas import cache as sas_cache
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("HF_SOFT_DIAMOND_CACHE", str(cache))
-    monkeypatch.setattr(sas_math, "_MEMORY", {})
+    monkeypatch.setattr(sas_cache, "_MEMORY", {})
     args = SoftDiamondTrainingArguments(output_dir=str(tmp_path / "out"), regularizer="sas", reg_strength=1e-3,
                                         sas_alpha=0.77, report_to=[], use_cpu=True)
     regularizer = args.build_regularizer()
-    assert not sas_math._MEMORY and not (cache.exists() and any(cache.rglob("*")))
+    assert not sas_cache._MEMORY and not (cache.exists() and any(cache.rglob("*")))
     with pytest.raises(ValueError, match="sas_alpha"):
         SoftDiamondTrainingArguments(output_dir=str(tmp_path / "bad"), regularizer="sas", reg_strength=1e-3,
                                      sas_alpha=2.5, report_to=[], use_cpu=True)
     assert regularizer.table.alpha == 0.77  # first use: built and cached now
-    assert sas_math._MEMORY and any(cache.rglob("*"))
+    assert sas_cache._MEMORY and any(cache.rglob("*"))
