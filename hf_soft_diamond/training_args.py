@@ -29,10 +29,10 @@ from .fused import BACKENDS
 from .regularizers import available_regularizers, build_regularizer, get_regularizer_class, optimizer_family
 from .regularizers import natural_mode as _natural_mode
 from .regularizers.base import Regularizer
+from .sparsity import DEFAULT_THRESHOLDS as DEFAULT_SPARSITY_THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SPARSITY_THRESHOLDS: tuple[float, ...] = (1e-8, 1e-3, 1e-2)
 
 def hyperparameter_fields(regularizer: str) -> dict[str, str]:
     """Keyword argument -> argument field of ``regularizer``'s registered hyperparameters that are

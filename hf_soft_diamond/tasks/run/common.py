@@ -1,11 +1,17 @@
-"""What the translation and image jobs share: argument parsing, and the end of a run.
+"""What the translation and image jobs share: the start of a run and its end.
+
+A job is ``start_run`` (parse the flags or a JSON config, logging, seed, the checkpoint to
+resume, the checks that can fail before any work) -> the task's data, model and
+``Trainer`` inside ``run_output_dir`` (nothing half-written is left when it fails) ->
+``train_and_evaluate`` -> the task's final evaluation -> ``finish_run``.
 
 The end of a run (:func:`finish_run`) measures the trained model and writes what
 people read: the sparsity report, the prune curve (task metric after global
 magnitude pruning of the regularized weights at the fractions of docs/methods.md §7.2), the plots
 (with per-layer Hill alpha over training when the spectrum monitor ran),
-``all_results.json`` and the model card ``README.md``. Data flows one way: it reads
-the trained model and never changes it (pruning happens on the fly and is undone).
+``all_results.json`` and the model card ``README.md``; then it prints the task's summary and
+pushes to the Hub when asked. Data flows one way: it reads the trained model and never
+changes it (pruning happens on the fly and is undone).
 """
 
 from __future__ import annotations
@@ -16,17 +22,59 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import HfArgumentParser
 
+from ...pruning import DEFAULT_PRUNE_FRACTIONS as PRUNE_FRACTIONS
+
 logger = logging.getLogger(__name__)
 
-PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 FINAL_SPLITS: tuple[str, ...] = ("test", "validation")
+
+
+@dataclass
+class RunDataArguments:
+    """The data arguments both jobs share: truncation, the final split, the prune curve and the
+    spectrum monitor. Each task's data arguments extend it (and may restate a field's default)."""
+
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
+    final_split: str = field(default="test", metadata={
+        "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
+                "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
+    prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
+        "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: "
+                "`--prune_fractions` alone or [] in JSON: no curve)."})
+    prune_eval_samples: int = field(default=2000, metadata={
+        "help": "Examples of the final split evaluated at each prune fraction."})
+    spectrum_every: int = field(default=0, metadata={
+        "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
+                "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
+
+    def __post_init__(self) -> None:
+        if self.final_split not in FINAL_SPLITS:
+            raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
+        if self.spectrum_every < 0:
+            raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
+        if self.prune_eval_samples < 1:
+            raise ValueError(f"`prune_eval_samples` must be >= 1, got {self.prune_eval_samples}.")
+        for f in self.prune_fractions:
+            if not 0.0 <= f < 1.0:
+                raise ValueError(f"`prune_fractions` must lie in [0, 1), got {f}.")
+
+    def install_spectrum_monitor(self, trainer: Any) -> None:
+        """Log spectrum statistics every ``spectrum_every`` steps (no-op when 0)."""
+        if self.spectrum_every:
+            from ...spectrum_monitor import SpectrumCallback
+
+            SpectrumCallback(every=self.spectrum_every).install(trainer)
 
 
 def final_split_and_prefix(final_split: str, available: Sequence[str]) -> tuple[str, str]:
@@ -41,6 +89,32 @@ def final_split_and_prefix(final_split: str, available: Sequence[str]) -> tuple[
             raise ValueError("`final_split` is 'validation' but the data has no validation split.")
         return "validation", "eval"
     return ("test" if "test" in available else "validation"), "test"
+
+
+def start_run(argument_classes: Sequence[type], argv: Sequence[str] | None = None, *,
+              configure: Callable[[Any, Any, Any], None] | None = None) -> tuple[Any, Any, Any, float]:
+    """The start both jobs share; returns ``(model_args, data_args, training_args, start_time)``.
+
+    Parses ``argv`` into the three argument dataclasses, sets up logging (INFO on the main
+    process), applies ``configure(model_args, data_args, training_args)`` (a task's recipe),
+    seeds, resolves ``resume_from_checkpoint`` and runs :func:`check_before_work`. Nothing is
+    written yet. ``start_time`` is ``time.perf_counter()`` for the run's ``wall_time_s``.
+    """
+    import datasets
+    import transformers
+
+    model_args, data_args, training_args = parse_config(argument_classes, argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        level=logging.INFO if training_args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if configure is not None:
+        configure(model_args, data_args, training_args)
+    transformers.set_seed(training_args.seed)
+    start = time.perf_counter()
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
+    check_before_work(training_args)
+    return model_args, data_args, training_args, start
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -255,28 +329,40 @@ def sparsity_summary(model: torch.nn.Module, names: Sequence[str], thresholds: S
 
 
 def finish_run(
-    *,
-    model: torch.nn.Module,
-    regularized_names: Sequence[str],
-    regularizer_hparams: dict[str, Any],
+    trainer: Any,
+    training_args: Any,
     results: dict[str, Any],
-    output_dir: str | Path,
+    *,
+    start_time: float,
     metric_key: str,
     metric_name: str,
     evaluate_fn: Callable[[torch.nn.Module], float] | None,
     prune_fractions: Sequence[float] = PRUNE_FRACTIONS,
-    thresholds: Sequence[float] = (1e-8, 1e-3, 1e-2),
-    model_name: str | None = None,
-    is_main_process: bool = True,
+    recipe: dict[str, Any] | None = None,
+    summary: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
-    """Measure the trained model, write plots, ``all_results.json`` and the card; return the results."""
+    """The end both jobs share; returns the results.
+
+    Adds the regularizer's hyperparameters and the recipe (:func:`training_summary` plus
+    ``recipe``) to ``results``, measures sparsity and the prune curve (``evaluate_fn`` at each
+    of ``prune_fractions``; none when either is empty), writes the plots, ``all_results.json``
+    (with ``wall_time_s`` since ``start_time``) and, when ``metric_key`` is in the results, the
+    model card; prints ``summary(results)`` on the main process; pushes to the Hub with
+    ``push_to_hub``. Only the main process writes.
+    """
     from ...model_card import render_model_card
-    from ...sparsity import prune_curve, sparsity_at_max_loss
+    from ...pruning import prune_curve, sparsity_at_max_loss
     from ..plots import plot_layer_sparsity, plot_prune_curves, plot_spectrum_history, plot_weight_histogram
 
-    output_dir = Path(output_dir)
+    report = trainer.regularizer_report()
+    regularized_names, hparams = report["regularized_names"], report["hparams"]
+    is_main_process = trainer.is_world_process_zero()
+    model = trainer.model
+    output_dir = Path(training_args.output_dir)
+    thresholds = training_args.sparsity_thresholds
     results = dict(results)
-    results["regularizer"] = regularizer_hparams
+    results["training"] = training_summary(trainer, training_args, **(recipe or {}))
+    results["regularizer"] = hparams
     sparsity = sparsity_summary(model, regularized_names, thresholds)
     results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
     results["sparsity_numel"] = sparsity["numel"]
@@ -285,32 +371,61 @@ def finish_run(
                             regularized_names=list(regularized_names))
         results["prune_curve"] = [{"fraction": float(p["fraction"]), "metric": float(p["metric"])} for p in curve]
         results["sparsity_at_1pt_loss"] = sparsity_at_max_loss(curve, max_loss=1.0)
-    if not is_main_process:
-        return results
-    plots_dir = output_dir / "plots"
-    params = dict(model.named_parameters())
-    weights = [params[n].detach() for n in regularized_names if n in params]
-    plots = []
-    if weights:
-        plots.append(plot_weight_histogram(weights, plots_dir / "weight_histogram.png",
-                                           regularizer=regularizer_hparams.get("regularizer", "none"),
-                                           hparams=regularizer_hparams))
-    taus = sorted(float(t) for t in thresholds)
-    bar_tau = taus[len(taus) // 2]  # the middle threshold (1e-3 for the default 1e-8, 1e-3, 1e-2)
-    per_layer = {name: fractions[f"{bar_tau:.0e}"] for name, fractions in sparsity["per_layer"].items()}
-    if per_layer:
-        plots.append(plot_layer_sparsity(per_layer, plots_dir / "layer_sparsity.png", tau=bar_tau))
-    spectrum_file = output_dir / "spectrum_history.json"  # written by SpectrumCallback (--spectrum_every)
-    if spectrum_file.is_file():
-        history = json.loads(spectrum_file.read_text())
-        if any(k.endswith("/alpha") for h in history for k in h):
-            plots.append(plot_spectrum_history(history, plots_dir / "spectrum_alpha.png"))
-    if results.get("prune_curve"):
-        plots.append(plot_prune_curves({regularizer_hparams.get("regularizer", "run"): results["prune_curve"]},
-                                       plots_dir / "prune_curve.png", metric_name=metric_name))
-    write_json(output_dir / "all_results.json", results)
-    if metric_key in results:
-        card = render_model_card(results, model_name=model_name or output_dir.resolve().name,
-                                 plots=[str(Path(p).relative_to(output_dir)) for p in plots])
-        card.save(output_dir / "README.md")
+    results["wall_time_s"] = time.perf_counter() - start_time
+    if is_main_process:
+        plots_dir = output_dir / "plots"
+        params = dict(model.named_parameters())
+        weights = [params[n].detach() for n in regularized_names if n in params]
+        plots = []
+        if weights:
+            plots.append(plot_weight_histogram(weights, plots_dir / "weight_histogram.png",
+                                               regularizer=hparams.get("regularizer", "none"), hparams=hparams))
+        taus = sorted(float(t) for t in thresholds)
+        bar_tau = taus[len(taus) // 2] if taus else None  # the middle threshold (1e-3 of 1e-8, 1e-3, 1e-2)
+        per_layer = {name: fractions[f"{bar_tau:.0e}"] for name, fractions in sparsity["per_layer"].items()
+                     } if bar_tau is not None else {}
+        if per_layer:
+            plots.append(plot_layer_sparsity(per_layer, plots_dir / "layer_sparsity.png", tau=bar_tau))
+        spectrum_file = output_dir / "spectrum_history.json"  # written by SpectrumCallback (--spectrum_every)
+        if spectrum_file.is_file():
+            history = json.loads(spectrum_file.read_text())
+            if any(k.endswith("/alpha") for h in history for k in h):
+                plots.append(plot_spectrum_history(history, plots_dir / "spectrum_alpha.png"))
+        if results.get("prune_curve"):
+            plots.append(plot_prune_curves({hparams.get("regularizer", "run"): results["prune_curve"]},
+                                           plots_dir / "prune_curve.png", metric_name=metric_name))
+        write_json(output_dir / "all_results.json", results)
+        if metric_key in results:
+            card = render_model_card(results, model_name=output_dir.resolve().name,
+                                     plots=[str(Path(p).relative_to(output_dir)) for p in plots])
+            card.save(output_dir / "README.md")
+        if summary is not None:
+            print(summary(results), flush=True)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
     return results
+
+
+def summary_lines(results: dict[str, Any], *, metric_name: str, prune_note: str = "") -> list[str]:
+    """The regularizer, sparsity and prune-curve lines of the summary printed at the end of a run."""
+    reg = results.get("regularizer", {})
+    name = reg.get("regularizer")
+    described = f"{name} ({reg.get('reg_mode')}, strength {reg.get('reg_strength')})" if name != "none" else "none"
+    sparsity = results.get("sparsity", {}).get("regularized", {})
+    numel = results.get("sparsity_numel", {}).get("regularized")
+    line = f"  regularizer {described}"
+    if numel:
+        line += f"; |w| <= tau among {numel:,} regularized weights: " + ", ".join(
+            f"{tau}: {100 * frac:.1f}%" for tau, frac in sparsity.items())
+    lines = [line]
+    curve = results.get("prune_curve")
+    if curve:
+        lines.append(f"  prune curve (fraction pruned: {metric_name}{prune_note}): "
+                     + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
+    return lines
+
+
+def framed(lines: Sequence[str], output_dir: str | Path, outputs: str) -> str:
+    """``lines`` between rules, ending with where the outputs are."""
+    return "\n".join(["", "=" * 78, *lines, f"  outputs: {Path(output_dir).resolve()} ({outputs})", "=" * 78])
+

@@ -25,18 +25,15 @@ Runs unchanged under ``accelerate launch`` and ``torchrun``.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from transformers import default_data_collator, set_seed
+from transformers import default_data_collator
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
-from ...spectrum_monitor import SpectrumCallback
 from ...trainer import SoftDiamondTrainer
 from ...training_args import SoftDiamondTrainingArguments
 from ..data.images import (
@@ -50,19 +47,7 @@ from ..data.images import (
 )
 from ..metrics import accuracy
 from ..models import IMAGE_MODEL_SIZES, build_image_model, load_image_model
-from .common import (
-    FINAL_SPLITS,
-    PRUNE_FRACTIONS,
-    check_before_work,
-    final_split_and_prefix,
-    finish_run,
-    parse_config,
-    resolve_resume_checkpoint,
-    run_output_dir,
-    train_and_evaluate,
-    training_summary,
-    write_json,
-)
+from . import common
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +96,7 @@ class ImageModelArguments:
 
 
 @dataclass
-class ImageDataArguments:
+class ImageDataArguments(common.RunDataArguments):
     """Which images, which augmentation, which recipe."""
 
     dataset_name: str | None = field(default="fashion_mnist", metadata={
@@ -136,25 +121,11 @@ class ImageDataArguments:
         "help": "default: the optimizer and schedule of the training arguments. paper: SGD, Nesterov momentum 0.9, "
                 "piecewise-linear LR 0 -> learning_rate at 20%% of the steps -> 0 (warmup_steps and optim_args kept "
                 "when given)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
-    prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
-        "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: none)."})
-    spectrum_every: int = field(default=0, metadata={
-        "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
-                "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
-    final_split: str = field(default="test", metadata={
-        "help": "Split of the final evaluation and the prune curve: 'test' (validation when there is no test split) or "
-                "'validation' (hyperparameter tuning: the test split is never read; metrics are eval_*)."})
     prune_eval_samples: int = field(default=2000, metadata={
         "help": "Images of the final split evaluated at each prune fraction."})
 
     def __post_init__(self) -> None:
-        if self.final_split not in FINAL_SPLITS:
-            raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
-        if self.spectrum_every < 0:
-            raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
+        super().__post_init__()
         if not (self.dataset_name or self.train_dir):
             raise ValueError("give `dataset_name` (fashion_mnist, digits or a Hub dataset) or `train_dir`.")
         if self.recipe not in RECIPES:
@@ -163,11 +134,6 @@ class ImageDataArguments:
             raise ValueError("`crop_padding` and `cutout_size` must be >= 0.")
         if self.validation_size < 0:
             raise ValueError(f"`validation_size` must be >= 0, got {self.validation_size}.")
-        if self.prune_eval_samples < 1:
-            raise ValueError(f"`prune_eval_samples` must be >= 1, got {self.prune_eval_samples}.")
-        for f in self.prune_fractions:
-            if not 0.0 <= f < 1.0:
-                raise ValueError(f"`prune_fractions` must lie in [0, 1), got {f}.")
         for name in ("train_dir", "validation_dir", "test_dir"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_dir():
@@ -208,6 +174,13 @@ def load_image_splits(data: ImageDataArguments, model_args: ImageModelArguments)
                                   validation_size=_size(data.validation_size), cache_dir=model_args.cache_dir)
 
 
+def configure(model_args: ImageModelArguments, data_args: ImageDataArguments,
+              training_args: SoftDiamondTrainingArguments) -> None:
+    """The image job's settings on the parsed arguments: the recipe, and items kept whole."""
+    apply_recipe(data_args.recipe, training_args)
+    training_args.remove_unused_columns = False  # items are already {"pixel_values", "labels"}
+
+
 def apply_recipe(recipe: str, training_args: SoftDiamondTrainingArguments) -> None:
     """Set the optimizer and schedule of ``recipe`` on the (already validated) training arguments."""
     if recipe != "paper":
@@ -228,17 +201,8 @@ ARGUMENT_CLASSES = (ImageModelArguments, ImageDataArguments, SoftDiamondTraining
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, training_args = parse_config(ARGUMENT_CLASSES, argv)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        level=logging.INFO if training_args.should_log else logging.WARNING)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    apply_recipe(data_args.recipe, training_args)
-    training_args.remove_unused_columns = False  # items are already {"pixel_values", "labels"}
-    set_seed(training_args.seed)
-    start = time.perf_counter()
-    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
-    check_before_work(training_args)
-    with run_output_dir(training_args):
+    model_args, data_args, training_args, start = common.start_run(ARGUMENT_CLASSES, argv, configure=configure)
+    with common.run_output_dir(training_args):
         return _run(model_args, data_args, training_args, start)
 
 
@@ -285,10 +249,9 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
         compute_metrics=compute_metrics,
     )
 
-    if data_args.spectrum_every:
-        SpectrumCallback(every=data_args.spectrum_every).install(trainer)
+    data_args.install_spectrum_monitor(trainer)
 
-    eval_split, prefix = final_split_and_prefix(data_args.final_split, list(splits))
+    eval_split, prefix = common.final_split_and_prefix(data_args.final_split, list(splits))
     results: dict[str, Any] = {
         "task": "image-classification",
         "dataset_name": data_args.data_label,
@@ -300,37 +263,32 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
     # the final evaluation below reads the validation split itself when tuning
-    results.update(train_and_evaluate(trainer, training_args,
+    results.update(common.train_and_evaluate(trainer, training_args,
                                       has_validation="validation" in splits and eval_split != "validation"))
     results["train_images_per_second"] = results.get("train_samples_per_second")
     results.update(trainer.predict(splits[eval_split], metric_key_prefix=prefix).metrics)
+    results[f"{prefix}_samples"] = len(splits[eval_split])
 
     prune_set = _truncate(splits[eval_split], data_args.prune_eval_samples)
 
     def accuracy_of(_: torch.nn.Module) -> float:
         return float(trainer.predict(prune_set, metric_key_prefix="prune").metrics["prune_accuracy"])
 
-    report = trainer.regularizer_report()
-    results["training"] = training_summary(
-        trainer, training_args, recipe=data_args.recipe,
-        augmentation={"hflip": data_args.hflip, "crop_padding": data_args.crop_padding,
-                      "cutout_size": data_args.cutout_size, "normalize": data_args.normalize},
-        dropout=model_args.dropout, batch_norm=model_args.batch_norm)
-    results = finish_run(
-        model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
-        results=results, output_dir=training_args.output_dir, metric_key=f"{prefix}_accuracy",
-        metric_name="accuracy (%)",
-        evaluate_fn=accuracy_of, prune_fractions=data_args.prune_fractions,
-        thresholds=training_args.sparsity_thresholds, is_main_process=trainer.is_world_process_zero(),
-    )
-    results["wall_time_s"] = time.perf_counter() - start
-    if trainer.is_world_process_zero():
-        write_json(Path(training_args.output_dir) / "all_results.json", results)
-        logger.info("%s accuracy %.2f%%; sparsity %s", eval_split, results[f"{prefix}_accuracy"],
-                    results["sparsity"]["regularized"])
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
-    return results
+    return common.finish_run(
+        trainer, training_args, results, start_time=start, metric_key=f"{prefix}_accuracy",
+        metric_name="accuracy (%)", evaluate_fn=accuracy_of, prune_fractions=data_args.prune_fractions,
+        recipe={"recipe": data_args.recipe, "dropout": model_args.dropout, "batch_norm": model_args.batch_norm,
+                "augmentation": {"hflip": data_args.hflip, "crop_padding": data_args.crop_padding,
+                                 "cutout_size": data_args.cutout_size, "normalize": data_args.normalize}},
+        summary=lambda r: image_summary(r, prefix, training_args.output_dir))
+
+
+def image_summary(results: dict[str, Any], prefix: str, output_dir: str) -> str:
+    """The lines a person reads at the end of a run: accuracy, sparsity, prune curve, outputs."""
+    head = (f"{results.get('dataset_name')} {results.get('dataset_split', prefix)} "
+            f"({results.get(f'{prefix}_samples', '?')} images): accuracy {results[f'{prefix}_accuracy']:.2f}%")
+    return common.framed([head, *common.summary_lines(results, metric_name="accuracy %")], output_dir,
+                  "model, README.md card, all_results.json, plots/")
 
 
 if __name__ == "__main__":

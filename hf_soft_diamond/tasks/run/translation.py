@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,8 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-import transformers
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-from ...spectrum_monitor import SpectrumCallback
 from ...trainer import SoftDiamondSeq2SeqTrainer
 from ...training_args import SoftDiamondSeq2SeqTrainingArguments
 from ..data.translation import (
@@ -48,19 +45,7 @@ from ..data.translation import (
 )
 from ..metrics import compute_bleu
 from ..models import TRANSLATION_MODEL_SIZES, build_translation_model, load_translation_model
-from .common import (
-    FINAL_SPLITS,
-    PRUNE_FRACTIONS,
-    check_before_work,
-    final_split_and_prefix,
-    finish_run,
-    parse_config,
-    resolve_resume_checkpoint,
-    run_output_dir,
-    train_and_evaluate,
-    training_summary,
-    write_json,
-)
+from . import common
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +103,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(common.RunDataArguments):
     """Which data to train and evaluate on."""
 
     dataset_name: str | None = field(default=None, metadata={
@@ -135,39 +120,21 @@ class DataTrainingArguments:
     max_source_length: int = field(default=128, metadata={"help": "Source tokens kept (longer are truncated)."})
     max_target_length: int = field(default=128, metadata={"help": "Target tokens kept (longer are truncated)."})
     num_beams: int = field(default=4, metadata={"help": "Beam size for evaluation and prediction."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
-    prune_fractions: list[float] = field(default_factory=lambda: list(PRUNE_FRACTIONS), metadata={
-        "help": "Fractions of the regularized weights pruned by global magnitude for the prune curve (empty: "
-                "`--prune_fractions` alone or [] in JSON: no curve)."})
-    final_split: str = field(default="test", metadata={
-        "help": "Split of the final evaluation (--do_predict) and the prune curve: 'test' or 'validation' "
-                "(hyperparameter tuning: the test split is never read; metrics are eval_*)."})
     prune_eval_samples: int = field(default=200, metadata={
         "help": "Sentences of the final split translated at each prune fraction, evenly spread over the split "
                 "(each point is one generation pass)."})
     evaluate_before_training: bool = field(default=False, metadata={
         "help": "With --do_train and --do_predict: also translate the final split with the starting model, so "
                 "the run reports starting -> trained BLEU (e.g. a pretrained translator before fine-tuning)."})
-    spectrum_every: int = field(default=0, metadata={
-        "help": "Log per-layer spectrum statistics (Hill alpha, weighted alpha, stable rank, lambda_max) every this "
-                "many steps with SpectrumCallback, for any regularizer, and plot alpha over training (0: off)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
-        if self.final_split not in FINAL_SPLITS:
-            raise ValueError(f"`final_split` must be one of {FINAL_SPLITS}, got {self.final_split!r}.")
-        if self.spectrum_every < 0:
-            raise ValueError(f"`spectrum_every` must be >= 0 (0: off), got {self.spectrum_every}.")
+        super().__post_init__()
         if self.num_beams < 1:
             raise ValueError(f"`num_beams` must be >= 1, got {self.num_beams}.")
-        for name in ("max_source_length", "max_target_length", "prune_eval_samples"):
+        for name in ("max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        for f in self.prune_fractions:
-            if not 0.0 <= f < 1.0:
-                raise ValueError(f"`prune_fractions` must lie in [0, 1), got {f}.")
         if self.uses_files:
             for name in ("train_file", "validation_file", "test_file"):
                 path = getattr(self, name)
@@ -287,21 +254,13 @@ ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, SoftDiamondSeq2SeqTra
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, training_args = parse_config(ARGUMENT_CLASSES, argv)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO
-                        if training_args.should_log else logging.WARNING)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
-    set_seed(training_args.seed)
-    start = time.perf_counter()
-    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
-    check_before_work(training_args)
+    model_args, data_args, training_args, start = common.start_run(ARGUMENT_CLASSES, argv)
 
     with training_args.main_process_first(desc="loading data"):
         raw = load_raw_datasets(data_args, model_args)
     check_splits(raw, data_args, training_args)
 
-    with run_output_dir(training_args):
+    with common.run_output_dir(training_args):
         return _run(model_args, data_args, training_args, raw, start)
 
 
@@ -386,10 +345,9 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
         compute_metrics=compute_metrics,
     )
 
-    if data_args.spectrum_every:
-        SpectrumCallback(every=data_args.spectrum_every).install(trainer)
+    data_args.install_spectrum_monitor(trainer)
 
-    eval_split, prefix = final_split_and_prefix(data_args.final_split, list(tokenized))
+    eval_split, prefix = common.final_split_and_prefix(data_args.final_split, list(tokenized))
     results: dict[str, Any] = {
         "task": "translation",
         "dataset_name": data_args.dataset_label,
@@ -420,7 +378,7 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
         results.update({k: v for k, v in before.items() if k.startswith("before_")})
 
     # the final evaluation below reads the validation split itself when tuning
-    results.update(train_and_evaluate(trainer, training_args,
+    results.update(common.train_and_evaluate(trainer, training_args,
                                       has_validation=(training_args.do_eval and "validation" in tokenized
                                                       and not (predict and eval_split == "validation"))))
     hyps: list[str] = []
@@ -442,25 +400,15 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
         sub_refs = [refs[i] for i in prune_rows]
         return compute_bleu(tokenizer.batch_decode(preds, skip_special_tokens=True), sub_refs)["bleu"]
 
-    report = trainer.regularizer_report()
-    results["training"] = training_summary(trainer, training_args, num_beams=data_args.num_beams)
-    results = finish_run(
-        model=trainer.model, regularized_names=report["regularized_names"], regularizer_hparams=report["hparams"],
-        results=results, output_dir=training_args.output_dir, metric_key=f"{prefix}_bleu", metric_name="BLEU",
+    def summary(final: dict[str, Any]) -> str:
+        examples = [(splits[eval_split][i]["translation"][src], hyps[i], refs[i]) for i in example_indices(refs, 3)]
+        return translation_summary(final, prefix, examples, training_args.output_dir)
+
+    return common.finish_run(
+        trainer, training_args, results, start_time=start, metric_key=f"{prefix}_bleu", metric_name="BLEU",
         evaluate_fn=bleu_of if predict else None,
         prune_fractions=data_args.prune_fractions if (predict and data_args.prune_fractions) else (),
-        thresholds=training_args.sparsity_thresholds, is_main_process=trainer.is_world_process_zero(),
-    )
-    results["wall_time_s"] = time.perf_counter() - start
-    if trainer.is_world_process_zero():
-        write_json(Path(training_args.output_dir) / "all_results.json", results)
-        if predict:
-            examples = [(splits[eval_split][i]["translation"][src], hyps[i], refs[i])
-                        for i in example_indices(refs, 3)]
-            print(translation_summary(results, prefix, examples, training_args.output_dir), flush=True)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="hf_soft_diamond run", blocking=True)
-    return results
+        recipe={"num_beams": data_args.num_beams}, summary=summary if predict else None)
 
 
 def spread_indices(length: int, n: int) -> list[int]:
@@ -486,31 +434,19 @@ def translation_summary(results: dict[str, Any], prefix: str, examples: list[tup
     """The lines a person reads at the end of a run: BLEU (before -> after), sparsity, prune curve, examples."""
     split = results.get("dataset_split", prefix)
     bleu, chrf = results[f"{prefix}_bleu"], results[f"{prefix}_chrf"]
-    lines = ["", "=" * 78, f"{results.get('dataset_name')} {split} ({results.get(f'{prefix}_samples', '?')} "
+    lines = [f"{results.get('dataset_name')} {split} ({results.get(f'{prefix}_samples', '?')} "
              f"sentences), sacreBLEU 13a, beam {results.get('training', {}).get('num_beams', '?')}:"]
     if "before_bleu" in results:
         lines.append(f"  BLEU {results['before_bleu']:.2f} -> {bleu:.2f}   chrF {results['before_chrf']:.2f} -> "
                      f"{chrf:.2f}   (starting model -> trained)")
     else:
         lines.append(f"  BLEU {bleu:.2f}   chrF {chrf:.2f}")
-    reg = results.get("regularizer", {})
-    sparsity = results.get("sparsity", {}).get("regularized", {})
-    numel = results.get("sparsity_numel", {}).get("regularized")
-    name = reg.get("regularizer")
-    described = f"{name} ({reg.get('reg_mode')}, strength {reg.get('reg_strength')})" if name != "none" else "none"
-    lines.append(f"  regularizer {described}; |w| <= tau among {numel:,} regularized weights: "
-                 + ", ".join(f"{tau}: {100 * frac:.1f}%" for tau, frac in sparsity.items()) if numel else "")
-    curve = results.get("prune_curve")
-    if curve:
-        lines.append(f"  prune curve (fraction pruned: BLEU on {results.get('prune_eval_samples', '?')} of these "
-                     "sentences, spread over the split): "
-                     + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
+    note = f" on {results.get('prune_eval_samples', '?')} of these sentences, spread over the split"
+    lines += common.summary_lines(results, metric_name="BLEU", prune_note=note)
     for source, hypothesis, reference in examples:
         lines += [f"  DE  {source}", f"  MT  {hypothesis}", f"  REF {reference}"]
-    lines.append(f"  outputs: {Path(output_dir).resolve()} (model, README.md card, all_results.json, "
-                 "generated_predictions.txt, plots/)")
-    lines.append("=" * 78)
-    return "\n".join(lines)
+    return common.framed(lines, output_dir,
+                         "model, README.md card, all_results.json, generated_predictions.txt, plots/")
 
 
 if __name__ == "__main__":
