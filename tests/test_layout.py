@@ -81,3 +81,15 @@ def test_submodules_of_a_moved_package_follow_it():
     assert new_path("hf_soft_diamond.data.batching") == "hf_soft_diamond.batching"  # longest prefix wins
     assert new_path("hf_soft_diamond.regularizers") is None
     assert new_path("hf_soft_diamond.datasets") is None  # a prefix match needs the dot
+
+
+def test_every_source_folder_is_a_package_setuptools_ships():
+    """A folder of modules without ``__init__.py`` imports from a checkout (namespace package) but is
+    left out of a wheel by ``packages.find``: every such folder must be a regular package."""
+    from setuptools import find_packages
+
+    shipped = set(find_packages(str(PACKAGE.parent), include=["hf_soft_diamond*"]))
+    folders = {".".join(("hf_soft_diamond", *p.parent.relative_to(PACKAGE).parts))
+               for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert folders <= shipped, f"not shipped: {sorted(folders - shipped)}"
+
