@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hf_soft_diamond.tasks.data import translation as tr
+from hf_soft_diamond.tasks.data.translation import hub
 
 LIBREOFFICE_HELP = tr.find_libreoffice_help_root()
 needs_ding = pytest.mark.skipif(
@@ -410,7 +411,7 @@ def test_load_hub_translation_dataset_passes_names(monkeypatch):
         calls.append((args, kwargs))
         return "sentinel"
 
-    monkeypatch.setattr(tr.datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(hub.datasets, "load_dataset", fake_load_dataset)
     assert tr.load_hub_translation_dataset("iwslt2017", "iwslt2017-de-en", cache_dir="/c") == "sentinel"
     assert calls[-1][0] == ("iwslt2017", "iwslt2017-de-en")
     assert calls[-1][1]["cache_dir"] == "/c" and "trust_remote_code" not in calls[-1][1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 import warnings
@@ -92,4 +93,18 @@ def test_every_source_folder_is_a_package_setuptools_ships():
     folders = {".".join(("hf_soft_diamond", *p.parent.relative_to(PACKAGE).parts))
                for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert folders <= shipped, f"not shipped: {sorted(folders - shipped)}"
+
+
+#: How the project's own sources could point outside the repository (the specification the
+#: project was written from, a developer's machine); docs/methods.md is the project's own.
+_OUTSIDE_REFERENCES = re.compile(r"METHODS\.md|DATA\.md|STYLE\.md|/work/|\.\./shared\b")
+
+
+def test_no_source_or_doc_cites_a_file_outside_the_repository():
+    repo = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *(repo / "docs").rglob("*.md"), repo / "README.md",
+             *(repo / "benchmarks").glob("*.py"), *(repo / "scripts").glob("*"), *(repo / "configs").glob("*.json")]
+    hits = [f"{f.relative_to(repo)}:{i}: {line.strip()}" for f in files if f.is_file()
+            for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if _OUTSIDE_REFERENCES.search(line)]
+    assert not hits, "\n".join(hits)
 
