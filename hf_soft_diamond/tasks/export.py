@@ -333,11 +333,11 @@ def _truncate(ds: Any, n: int | None) -> Any:
 def load_translation_eval_data(data: Mapping[str, Any], split: str) -> tuple[list[str], list[str]]:
     """Sources and references of the split, truncated as the run truncated it."""
     from .data.translation import (
+        OFFLINE_CORPORA,
         load_hub_translation_dataset,
         load_offline_translation_corpus,
         load_translation_files,
     )
-    from .run.translation import OFFLINE_CORPORA
 
     src, tgt = data["source_lang"], data["target_lang"]
     if data.get("validation_file") or data.get("test_file"):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...cache import cache_dir
 from .build import DEFAULT_GRID_STEP, _grid_params, build_unit_table
 from .density import _check_alpha
 from .table import SasTable
@@ -36,14 +37,8 @@ _LOCK = threading.Lock()
 
 
 def sas_cache_dir() -> Path:
-    """Directory of the on-disk table cache: ``$HF_SOFT_DIAMOND_CACHE`` or
-    ``platformdirs.user_cache_dir("hf_soft_diamond")``."""
-    env = os.environ.get("HF_SOFT_DIAMOND_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("hf_soft_diamond"))
+    """Directory of the on-disk table cache: the project's :func:`~hf_soft_diamond.cache.cache_dir`."""
+    return cache_dir()
 
 
 def _table_path(cache_dir: Path, alpha: float, t_min: float, grid_step: float, n: int) -> Path:
