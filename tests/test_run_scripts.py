@@ -321,9 +321,9 @@ def test_compare_runs_arms_and_seeds_and_tabulates_them(tmp_path):
     base = tmp_path / "base.json"
     base.write_text(json.dumps(image_config(tmp_path / "unused", max_steps=6, prune_fractions=[0.0, 0.5])))
     arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "reg_strength": 1e-3}}
-    out = tmp_path / "cmp"
+    out, record = tmp_path / "cmp", tmp_path / "recorded"
     main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1", "2",
-          "--output_dir", str(out), "--jobs", "2"])
+          "--output_dir", str(out), "--jobs", "2", "--record_dir", str(record)])
     payload = json.loads((out / "comparison.json").read_text())
     for arm in arms:
         accs = [r["test_accuracy"] for r in payload["runs"][arm]]
@@ -333,11 +333,23 @@ def test_compare_runs_arms_and_seeds_and_tabulates_them(tmp_path):
     table = (out / "comparison.md").read_text().splitlines()
     assert table[0].startswith("| arm | runs | accuracy (%)") and len(table) == 4
     assert (out / "prune_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the run's config sits beside the model's config.json (which save_model writes), and re-runs the run alone
+    run_config = json.loads((out / "l1" / "seed2" / "run_config.json").read_text())
+    assert run_config["seed"] == 2 and run_config["reg_strength"] == 1e-3 and run_config["regularizer"] == "l1"
+    assert "model_type" in json.loads((out / "l1" / "seed2" / "config.json").read_text())
     # a finished run is not run again
     mtime = (out / "l1" / "seed1" / "all_results.json").stat().st_mtime
     main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1",
           "--output_dir", str(out)])
     assert (out / "l1" / "seed1" / "all_results.json").stat().st_mtime == mtime
+    # the recorded small files stand for the runs: with the run folders gone, nothing is trained again
+    assert sorted(p.name for p in (record / "l1" / "seed1").iterdir()) == ["all_results.json", "run_config.json"]
+    assert json.loads((record / "comparison.json").read_text())["summary"] == payload["summary"]
+    shutil.rmtree(out)
+    main(["--task", "image", "--base_config", str(base), "--arms", json.dumps(arms), "--seeds", "1", "2",
+          "--output_dir", str(out), "--record_dir", str(record)])
+    assert not (out / "l1").exists()
+    assert json.loads((out / "comparison.json").read_text())["summary"] == payload["summary"]
 
 
 class _UnreadableImages(torch.utils.data.Dataset):

@@ -72,10 +72,10 @@ from ..export import (
     load_sparse_pretrained,
     save_sparse_safetensors,
 )
+from .run.compare import RUN_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "run_config.json"
 FORMATS = ("sparse", "dense")
 SPLITS = ("validation", "test")
 TASKS = ("translation", "image-classification")

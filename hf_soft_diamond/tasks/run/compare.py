@@ -2,10 +2,11 @@
 
 Each run is the task's training job (``hf_soft_diamond.tasks.run.translation`` or
 ``hf_soft_diamond.tasks.run.image``) started as its own process with a JSON config that
-merges the base config, the arm's overrides, the seed and the run's output dir
-(saved as ``<output_dir>/<arm>/seed<k>/config.json``, so every run can be re-run
-alone). Runs go one after another (``--jobs N``: N at a time); ``--launcher`` puts e.g. ``torchrun
---nproc_per_node 2`` in front of each. A finished run (its ``all_results.json``
+merges the base config, the arm's overrides, the seed and the run's output dir (saved as
+``<output_dir>/<arm>/seed<k>/run_config.json``, beside the model's own ``config.json``, so
+every run can be re-run alone and ``hf-soft-diamond export`` finds it). Runs go one after
+another (``--jobs N``: N at a time); ``--launcher`` puts e.g. ``torchrun --nproc_per_node 2``
+in front of each. A finished run (its ``all_results.json``
 exists) is not run again unless ``--overwrite``.
 
 Outputs in ``--output_dir``: ``comparison.md`` (mean +- std over seeds of the task
@@ -42,6 +43,7 @@ import itertools
 import json
 import math
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +53,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+#: The run's JSON config in its folder (what ``hf-soft-diamond export`` reads; :mod:`..export`).
+RUN_CONFIG_NAME = "run_config.json"
 TASK_MODULES = {"translation": "hf_soft_diamond.tasks.run.translation", "image": "hf_soft_diamond.tasks.run.image"}
 #: The task's headline metric (results key suffix, label): what the prune curves measure.
 TASK_METRIC = {"translation": ("bleu", "BLEU"), "image": ("accuracy", "accuracy (%)")}
@@ -218,14 +222,27 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
     return "\n".join(lines) + "\n"
 
 
-def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str = "", overwrite: bool = False
-            ) -> dict[str, Any]:
-    """Run one training job in its own process; return its ``all_results.json`` (+ wall time)."""
+#: What ``--record_dir`` keeps of each run: the small files that let a study be tabulated (and
+#: its runs re-run) without the run folders, which hold the weights.
+RECORDED_FILES = ("all_results.json", RUN_CONFIG_NAME)
+
+
+def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str = "", overwrite: bool = False,
+            record_dir: Path | None = None) -> dict[str, Any]:
+    """Run one training job in its own process; return its ``all_results.json`` (+ wall time).
+
+    A run with results in ``run_dir`` (or in ``record_dir``) is not run again unless
+    ``overwrite``; a finished run's :data:`RECORDED_FILES` are copied to ``record_dir``.
+    """
     results_path = run_dir / "all_results.json"
-    if results_path.exists() and not overwrite:
-        return json.loads(results_path.read_text())
+    if not overwrite:
+        for done in (results_path, record_dir / "all_results.json" if record_dir is not None else None):
+            if done is not None and done.exists():
+                results = json.loads(done.read_text())
+                _record(run_dir, record_dir)
+                return results
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / RUN_CONFIG_NAME  # not config.json: save_model writes the model's config there
     config_path.write_text(json.dumps({**config, "output_dir": str(run_dir)}, indent=2))
     # torchrun and `accelerate launch` both accept `-m module`, as python does
     cmd = (shlex.split(launcher) if launcher else [sys.executable]) + ["-m", TASK_MODULES[task], str(config_path)]
@@ -237,13 +254,24 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
     results = json.loads(results_path.read_text())
     results.setdefault("wall_time_s", time.perf_counter() - start)
     results_path.write_text(json.dumps(results, indent=2))
+    _record(run_dir, record_dir)
     return results
+
+
+def _record(run_dir: Path, record_dir: Path | None) -> None:
+    """Copy the run's :data:`RECORDED_FILES` (those it has) to ``record_dir``."""
+    if record_dir is None or not run_dir.is_dir():
+        return
+    record_dir.mkdir(parents=True, exist_ok=True)
+    for name in RECORDED_FILES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, record_dir / name)
 
 
 def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
             seeds: Sequence[int], output_dir: str | Path, *, launcher: str = "", overwrite: bool = False,
-            jobs: int = 1, split: str = "test", metric: str | None = None, tolerance: float = 1.0
-            ) -> dict[str, Any]:
+            jobs: int = 1, split: str = "test", metric: str | None = None, tolerance: float = 1.0,
+            record_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every arm x seed (``jobs`` at a time), then write comparison.md / comparison.json / prune_curves.png.
 
     Arms holding a ``"grid"`` are expanded first (:func:`expand_grid`). ``split``:
@@ -251,7 +279,9 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     ``best_arms.json`` holds each arm's best grid point by ``metric``, ``sparsest_arms.json``
     the sparsest within ``tolerance`` of ``none`` by ``metric``). Every arm's merged config is
     parsed by the task's argument classes first, so a bad setting fails before any run
-    starts.
+    starts. ``record_dir``: each run's small files (:data:`RECORDED_FILES`) and the
+    comparison's outputs are also written there, laid out like ``output_dir``; a run recorded
+    there is not run again (commit it, and an interrupted or moved study loses nothing).
     """
     if task not in TASK_MODULES:
         raise ValueError(f"`task` must be one of {sorted(TASK_MODULES)}, got {task!r}.")
@@ -274,19 +304,22 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     for arm, seed, config in planned:  # every bad setting fails here, before any training
         validate_config(task, config, f"arm {arm!r} seed {seed}")
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on child processes
-        futures = [pool.submit(run_one, task, config, output_dir / arm / f"seed{seed}", launcher, overwrite)
+        record = Path(record_dir) if record_dir is not None else None
+        futures = [pool.submit(run_one, task, config, output_dir / arm / f"seed{seed}", launcher, overwrite,
+                               record / arm / f"seed{seed}" if record is not None else None)
                    for arm, seed, config in planned]
         results = [f.result() for f in futures]
     runs: dict[str, list[dict[str, Any]]] = {}
     for (arm, _, _), result in zip(planned, results):
         runs.setdefault(arm, []).append(result)
-    payload = write_comparison(task, runs, output_dir, split=split, metric=metric)
-    if split == "validation":
-        payload["best_arms"] = best_of_grid(payload["summary"], arms, higher_is_better)
-        (output_dir / "best_arms.json").write_text(json.dumps(payload["best_arms"], indent=2) + "\n")
-        payload["sparsest_arms"] = sparsest_within(payload["summary"], arms, max_loss=tolerance,
-                                                   higher_is_better=higher_is_better)
-        (output_dir / "sparsest_arms.json").write_text(json.dumps(payload["sparsest_arms"], indent=2) + "\n")
+    for folder in (output_dir, record) if record is not None else (output_dir,):
+        payload = write_comparison(task, runs, folder, split=split, metric=metric)
+        if split == "validation":
+            payload["best_arms"] = best_of_grid(payload["summary"], arms, higher_is_better)
+            (folder / "best_arms.json").write_text(json.dumps(payload["best_arms"], indent=2) + "\n")
+            payload["sparsest_arms"] = sparsest_within(payload["summary"], arms, max_loss=tolerance,
+                                                       higher_is_better=higher_is_better)
+            (folder / "sparsest_arms.json").write_text(json.dumps(payload["sparsest_arms"], indent=2) + "\n")
     return payload
 
 
@@ -343,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tolerance", type=float, default=1.0,
                     help="sparsest_arms.json: the sparsest grid point at most this much worse than 'none' "
                          "in --metric (default 1: one BLEU / accuracy point)")
+    ap.add_argument("--record_dir", default=None,
+                    help="also keep each run's all_results.json and run_config.json, and the comparison's outputs, "
+                         "here (a folder to commit); a run recorded here is not run again")
     ap.add_argument("--split", default="test", choices=sorted(SPLIT_PREFIX),
                     help="test (default): final runs. validation: tuning runs that never read the test split; "
                          "writes best_arms.json (each arm's best grid point) for the final runs")
@@ -352,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arms = json.loads(arms_text)
     payload = compare(args.task, base, arms, args.seeds, args.output_dir, launcher=args.launcher,
                       overwrite=args.overwrite, jobs=args.jobs, split=args.split, metric=args.metric,
-                      tolerance=args.tolerance)
+                      tolerance=args.tolerance, record_dir=args.record_dir)
     print(markdown_table(payload["summary"], args.task, args.split, payload["metric"]))
     if args.split == "validation":
         print(f"best grid point per arm ({payload['metric']}): {Path(args.output_dir) / 'best_arms.json'}; "
