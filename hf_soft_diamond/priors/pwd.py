@@ -121,9 +121,12 @@ def flush_subnormal(x: Tensor) -> Tensor:
     (1.2e-38 in float32 and bfloat16, 2.2e-308 in float64) it is 0 for every purpose but
     is not yet exactly 0, and how long it lingers there depends on how the power was
     rounded. Flushing makes zero exact and absorbing in every backend (a change of
-    at most 1.2e-38 in float32).
+    at most 1.2e-38 in float32, and none at all for ``|x| >= 2**-101``, about 4e-31).
     """
-    return torch.where(x.abs() < torch.finfo(x.dtype).tiny, torch.zeros((), dtype=x.dtype, device=x.device), x)
+    # sign(x) * max(|x| - tiny, 0): 0 below tiny; |x| - tiny rounds back to |x| wherever tiny is below half
+    # an ulp of x (float32: |x| >= 2**-101), so only values under ~4e-31 move, by less than tiny; NaN stays NaN.
+    # Written without a comparison and select, which cost ~4x as much inside the fused AdamW loop.
+    return torch.copysign(torch.relu(x.abs() - torch.finfo(x.dtype).tiny), x)
 
 
 def pwd_factor(w: Tensor, p: Tensor | float, decay: Tensor | float, l2_decay: Tensor | float = 0.0) -> Tensor:

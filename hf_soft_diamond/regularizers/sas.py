@@ -45,12 +45,14 @@ def _sas_grad(w: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> T
 
 def _sas_pull(w_old: Tensor, w_stepped: Tensor, coef: Tensor, inv_c: Tensor, *, table, fast: bool) -> Tensor:
     # after the step: w_hat + lr * strength * psi_gamma(w_hat), and 0 where that crosses (or reaches) zero;
-    # coef = lr * strength / c
-    moved = w_stepped + table.score_signed(w_stepped, inv_c.to(w_stepped.dtype), fast=fast,
-                                           out_scale=coef.to(w_stepped.dtype))
-    # (by sign comparisons: no underflow of a product; a NaN compares False and stays NaN for the guard)
-    crossed = ((moved > 0) & (w_stepped < 0)) | ((moved < 0) & (w_stepped > 0))
-    return torch.where(crossed, torch.zeros((), dtype=moved.dtype, device=moved.device), moved)
+    # coef = lr * strength / c. psi is odd and pulls towards 0, so this is sign(w_hat) * max(|w_hat| - m, 0)
+    # with m = -coef * psi_1(|w_hat| / c) >= 0: the same roundings as w_hat + pull (a - b = -(-a + b) exactly),
+    # without comparisons or selects (which cost as much again in the fused AdamW loop); max(NaN, 0) is
+    # NaN, so a NaN stays NaN for the guard
+    magnitude = w_stepped.abs()
+    shrunk = torch.relu(magnitude + table.score_signed(magnitude, inv_c.to(magnitude.dtype), fast=fast,
+                                                       out_scale=coef.to(magnitude.dtype)))
+    return torch.copysign(shrunk, w_stepped)
 
 
 @register_regularizer
