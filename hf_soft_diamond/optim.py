@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .fused import Backend, TensorwiseKernel, _at_least_fp32, validate_backend
+from .fused import Backend, TensorwiseKernel, _at_least_fp32, compile_available, validate_backend, worth_compiling
 from .hooks import STATE_KEY, RegularizerHandle, named_parameters_of
 from .regularizers.base import ElementwiseTerms, Regularizer
 from .regularizers.lp import NoRegularizer
@@ -86,8 +86,9 @@ class RegularizedAdamW(torch.optim.Optimizer):
             pairs or bare parameters; ``None``: every parameter of the optimizer.
         lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decay decoupled, per group;
             leave it 0 on regularized parameters, or both act).
-        fused_backend: ``"auto"`` (compiled where inductor works, else eager), ``"compile"``
-            or ``"eager"`` (:mod:`hf_soft_diamond.fused`).
+        fused_backend: ``"auto"`` (compiled where inductor works and the optimizer holds at
+            least :data:`~hf_soft_diamond.fused.COMPILE_MIN_NUMEL` weights, else eager; one
+            decision for all its tensors), ``"compile"`` or ``"eager"`` (:mod:`hf_soft_diamond.fused`).
         on_nonfinite, check_finite_every: as :func:`~hf_soft_diamond.attach_regularizer`:
             every ``check_finite_every`` steps (0: never) the regularized weights are
             checked; NaN/Inf raises ``FloatingPointError`` naming them (or warns).
@@ -195,8 +196,19 @@ class RegularizedAdamW(torch.optim.Optimizer):
             fn = functools.partial(_adamw_update, grad_term=terms.grad, pre_term=terms.pre,
                                    update_term=terms.update, n_grad_scalars=len(terms.grad_scalars),
                                    n_pre_scalars=len(terms.pre_scalars))
-            kernel = self._kernels[key] = TensorwiseKernel(fn, self.fused_backend)
+            kernel = self._kernels[key] = TensorwiseKernel(fn, self._kernel_backend())
         return kernel
+
+    def _kernel_backend(self) -> str:
+        """``fused_backend``, with ``"auto"`` decided once for the whole optimizer: compiled when
+        inductor works here and the optimizer holds at least ``COMPILE_MIN_NUMEL`` weights. (Per
+        call, the unregularized rest of a model, its biases and norms, would fall below the
+        threshold and run eagerly: ~200 small tensors, ~6 ms per step of dispatch on a 36M model.)"""
+        if self.fused_backend != "auto":
+            return self.fused_backend
+        tensors = [p for group in self.param_groups for p in group["params"]]
+        device = tensors[0].device.type if tensors else "cpu"
+        return "compile" if compile_available(device) and worth_compiling(tensors) else "eager"
 
     def _step_tensors(self, group: dict[str, Any], params: list[Tensor], terms: ElementwiseTerms | None) -> None:
         if not params:

@@ -233,3 +233,20 @@ def test_the_compiled_update_matches_the_eager_one(case):
     _train(b, ref, LRS)
     assert not any(k._compile_failed for k in ours._kernels.values())
     assert _max_rel_diff(a, b) < 1e-4
+
+
+def test_auto_backend_is_decided_once_for_the_whole_optimizer(monkeypatch):
+    """The unregularized rest of a large model (biases, norms: far below the compile threshold on
+    their own) is compiled with the regularized weights, not stepped eagerly tensor by tensor."""
+    import hf_soft_diamond.optim as optim_module
+    from hf_soft_diamond.fused import COMPILE_MIN_NUMEL
+
+    monkeypatch.setattr(optim_module, "compile_available", lambda device: True)  # the decision, not the compiler
+    big = torch.nn.Parameter(torch.zeros(COMPILE_MIN_NUMEL))
+    small = torch.nn.Parameter(torch.zeros(10))
+    opt = RegularizedAdamW([big, small], build_regularizer("l1", strength=0.1), [("big", big)], lr=1e-3)
+    assert opt._kernel_backend() == "compile"
+    tiny = RegularizedAdamW([small], build_regularizer("l1", strength=0.1), [("small", small)], lr=1e-3)
+    assert tiny._kernel_backend() == "eager"
+    forced = RegularizedAdamW([small], None, lr=1e-3, fused_backend="compile")
+    assert forced._kernel_backend() == "compile"
