@@ -26,6 +26,7 @@ dict moves between the two. Parameters not in ``regularized`` get plain AdamW.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 
 from .fused import Backend, TensorwiseKernel, _at_least_fp32, compile_available, validate_backend, worth_compiling
 from .hooks import STATE_KEY, RegularizerHandle, named_parameters_of
-from .regularizers.base import ElementwiseTerms, Regularizer
+from .regularizers.base import ElementwiseTerms, Regularizer, _apply_update_new_only
 from .regularizers.lp import NoRegularizer
 
 __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
@@ -199,6 +200,15 @@ class RegularizedAdamW(torch.optim.Optimizer):
             kernel = self._kernels[key] = TensorwiseKernel(fn, self._kernel_backend())
         return kernel
 
+    def _post_step_kernel(self, update: Callable[..., Tensor]) -> TensorwiseKernel:
+        """The pass applying an update term that reads only the stepped weights (as the hook path does)."""
+        key = ("post_step", update)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = self._kernels[key] = TensorwiseKernel(
+                functools.partial(_apply_update_new_only, term=update), self._kernel_backend())
+        return kernel
+
     def _kernel_backend(self) -> str:
         """``fused_backend``, with ``"auto"`` decided once for the whole optimizer: compiled when
         inductor works here and the optimizer holds at least ``COMPILE_MIN_NUMEL`` weights. (Per
@@ -224,13 +234,20 @@ class RegularizedAdamW(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
             by_step.setdefault(float(state["step"]), []).append(p)
-        reg_scalars = () if terms is None else (*terms.grad_scalars, *terms.pre_scalars, *terms.update_scalars)
-        kernel = self._kernel(terms)
+        # an update that reads only the stepped weights (SaS's post-step pull) runs as its own pass after
+        # the AdamW loop: inside it, its long chain of divisions waits on AdamW's and costs twice a pass
+        separate = terms is not None and terms.update is not None and not terms.update_reads_old
+        inlined = dataclasses.replace(terms, update=None, update_scalars=()) if separate else terms
+        reg_scalars = () if inlined is None else (*inlined.grad_scalars, *inlined.pre_scalars,
+                                                  *inlined.update_scalars)
+        kernel = self._kernel(inlined)
         for t, ps in by_step.items():
             scalars = [lr, beta1, beta2, lr / (1.0 - beta1 ** t), 1.0 / math.sqrt(1.0 - beta2 ** t),
                        group["eps"], lr * group["weight_decay"], *reg_scalars]
             kernel([ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
                     [self.state[p]["exp_avg_sq"] for p in ps]], scalars)
+        if separate:
+            self._post_step_kernel(terms.update)([params], terms.update_scalars)
 
 
 def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
