@@ -19,7 +19,11 @@ The update of one tensor at step ``t`` (the ``step`` counts per tensor, as in to
     w     = update(w', w_hat)                     # decoupled, after the step
 
 which is ``torch.optim.AdamW`` (``amsgrad=False, maximize=False``) followed by the
-regularizer exactly as the hook path applies it, with each group's scheduled ``lr``.
+regularizer exactly as the hook path applies it, with each group's scheduled ``lr``. An
+``update`` that reads only ``w_hat`` (SaS's decoupled pull) is a second compiled pass over
+``w`` instead: inside the loop its divisions would wait on AdamW's, which costs more than
+the pass (``benchmarks/RESULTS.md``); an ``update`` that reads the weights before the step
+(pWD) stays in the loop, where they are in registers.
 State keys (``step``, ``exp_avg``, ``exp_avg_sq``) and dtypes are torch's, so a state
 dict moves between the two. Parameters not in ``regularized`` get plain AdamW.
 """
