@@ -117,6 +117,23 @@ def start_run(argument_classes: Sequence[type], argv: Sequence[str] | None = Non
     return model_args, data_args, training_args, start
 
 
+def begin_results(trainer: Any, data_args: RunDataArguments, available_splits: Sequence[str], *, task: str,
+                  dataset_name: str, model_label: str, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+    """Install the spectrum monitor (``--spectrum_every``) and start the results both jobs write.
+
+    Returns ``(eval_split, prefix, results)``: the final split and its metric prefix
+    (:func:`final_split_and_prefix`), and ``results`` with the task, the data, the split, the
+    model's label and parameter count, then ``extra`` (task-specific keys).
+    """
+    data_args.install_spectrum_monitor(trainer)
+    eval_split, prefix = final_split_and_prefix(data_args.final_split, list(available_splits))
+    results = {"task": task, "dataset_name": dataset_name,
+               "dataset_config_name": getattr(data_args, "dataset_config_name", None),
+               "dataset_split": eval_split, **extra, "model": model_label,
+               "n_parameters": sum(p.numel() for p in trainer.model.parameters())}
+    return eval_split, prefix, results
+
+
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse ``argv`` (default ``sys.argv[1:]``) into the dataclasses.
 

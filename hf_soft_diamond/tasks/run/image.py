@@ -249,22 +249,13 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
         compute_metrics=compute_metrics,
     )
 
-    data_args.install_spectrum_monitor(trainer)
-
-    eval_split, prefix = common.final_split_and_prefix(data_args.final_split, list(splits))
-    results: dict[str, Any] = {
-        "task": "image-classification",
-        "dataset_name": data_args.data_label,
-        "dataset_config_name": data_args.dataset_config_name,
-        "dataset_split": eval_split,
-        "image_shape": [channels, side, side],
-        "num_classes": train.num_classes,
-        "model": model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} (config-built)",
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-    }
+    model_label = model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} (config-built)"
+    eval_split, prefix, results = common.begin_results(
+        trainer, data_args, list(splits), task="image-classification", dataset_name=data_args.data_label,
+        model_label=model_label, image_shape=[channels, side, side], num_classes=train.num_classes)
     # the final evaluation below reads the validation split itself when tuning
     results.update(common.train_and_evaluate(trainer, training_args,
-                                      has_validation="validation" in splits and eval_split != "validation"))
+                                             has_validation="validation" in splits and eval_split != "validation"))
     results["train_images_per_second"] = results.get("train_samples_per_second")
     results.update(trainer.predict(splits[eval_split], metric_key_prefix=prefix).metrics)
     results[f"{prefix}_samples"] = len(splits[eval_split])

@@ -345,18 +345,10 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
         compute_metrics=compute_metrics,
     )
 
-    data_args.install_spectrum_monitor(trainer)
-
-    eval_split, prefix = common.final_split_and_prefix(data_args.final_split, list(tokenized))
-    results: dict[str, Any] = {
-        "task": "translation",
-        "dataset_name": data_args.dataset_label,
-        "dataset_config_name": data_args.dataset_config_name,
-        "dataset_split": eval_split,
-        "language_pair": f"{src}-{tgt}",
-        "model": model_args.model_name_or_path or f"marian-{model_args.model_size} (config-built)",
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-    }
+    eval_split, prefix, results = common.begin_results(
+        trainer, data_args, list(tokenized), task="translation", dataset_name=data_args.dataset_label,
+        model_label=model_args.model_name_or_path or f"marian-{model_args.model_size} (config-built)",
+        language_pair=f"{src}-{tgt}")
     predict = training_args.do_predict
     refs = [ex[tgt] for ex in splits[eval_split]["translation"]] if predict else []
     if predict:
@@ -379,7 +371,7 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
 
     # the final evaluation below reads the validation split itself when tuning
     results.update(common.train_and_evaluate(trainer, training_args,
-                                      has_validation=(training_args.do_eval and "validation" in tokenized
+                                             has_validation=(training_args.do_eval and "validation" in tokenized
                                                       and not (predict and eval_split == "validation"))))
     hyps: list[str] = []
     if predict:
