@@ -372,7 +372,7 @@ def _run(model_args: ModelArguments, data_args: DataTrainingArguments, training_
     # the final evaluation below reads the validation split itself when tuning
     results.update(common.train_and_evaluate(trainer, training_args,
                                              has_validation=(training_args.do_eval and "validation" in tokenized
-                                                      and not (predict and eval_split == "validation"))))
+                                                             and not (predict and eval_split == "validation"))))
     hyps: list[str] = []
     if predict:
         metrics, hyps = translate(prefix)
