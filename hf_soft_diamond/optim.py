@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .fused import Backend, TensorwiseKernel, _at_least_fp32, compile_available, validate_backend, worth_compiling
 from .hooks import STATE_KEY, RegularizerHandle, named_parameters_of
-from .regularizers.base import ElementwiseTerms, Regularizer, _apply_update_new_only
+from .regularizers.base import ElementwiseTerms, Regularizer
 from .regularizers.lp import NoRegularizer
 
 __all__ = ["FusedRegularizerHandle", "RegularizedAdamW"]
@@ -204,15 +204,6 @@ class RegularizedAdamW(torch.optim.Optimizer):
             kernel = self._kernels[key] = TensorwiseKernel(fn, self._kernel_backend())
         return kernel
 
-    def _post_step_kernel(self, update: Callable[..., Tensor]) -> TensorwiseKernel:
-        """The pass applying an update term that reads only the stepped weights (as the hook path does)."""
-        key = ("post_step", update)
-        kernel = self._kernels.get(key)
-        if kernel is None:
-            kernel = self._kernels[key] = TensorwiseKernel(
-                functools.partial(_apply_update_new_only, term=update), self._kernel_backend())
-        return kernel
-
     def _kernel_backend(self) -> str:
         """``fused_backend``, with ``"auto"`` decided once for the whole optimizer: compiled when
         inductor works here and the optimizer holds at least ``COMPILE_MIN_NUMEL`` weights. (Per
@@ -250,8 +241,8 @@ class RegularizedAdamW(torch.optim.Optimizer):
                        group["eps"], lr * group["weight_decay"], *reg_scalars]
             kernel([ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
                     [self.state[p]["exp_avg_sq"] for p in ps]], scalars)
-        if separate:
-            self._post_step_kernel(terms.update)([params], terms.update_scalars)
+        if separate:  # the hook path's own post-step pass (same kernel cache)
+            self.regularizer.decoupled_post_step_(params, lr)
 
 
 def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
