@@ -9,6 +9,9 @@
 #      strength, pWD p 0.8/1.0/1.5, stable rank vs weighted alpha); ranked by validation accuracy
 #   2. each arm's best grid point on the test split, seeds 1-3
 #   3. each arm's sparsest grid point within 1 point of 'none' on the test split, seeds 1-3
+# After each stage `report` rewrites $RECORD/report.md (every arm as mean [95% CI] over seeds, the
+# claims of configs/claims_image_converged.json with their verdicts) and the figures $RECORD/frontier_<stage>.png.
+#
 # Resumable and committed as it goes, like scripts/study_translation_finetune.sh: weights in $OUT
 # (ignored), each run's all_results.json / run_config.json and each stage's tables in $RECORD.
 set -euo pipefail
@@ -19,7 +22,11 @@ PY=${PYTHON:-python3}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 compare() { "$PY" scripts/compare_regularizers.py --task image --jobs "${JOBS:-2}" \
     --base_config configs/study_image_converged.json "$@"; }
+report() { "$PY" -m hf_soft_diamond.tasks.cli report "$RECORD" --claims configs/claims_image_converged.json; }
 
 compare --arms configs/tune_image.json --split validation --seeds 1 --output_dir "$OUT/tune" --record_dir "$RECORD/tune"
+report
 compare --arms "$RECORD/tune/best_arms.json" --seeds 1 2 3 --output_dir "$OUT/final" --record_dir "$RECORD/final"
+report
 compare --arms "$RECORD/tune/sparsest_arms.json" --seeds 1 2 3 --output_dir "$OUT/sparse" --record_dir "$RECORD/sparse"
+report

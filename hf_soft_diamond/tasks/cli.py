@@ -6,6 +6,7 @@ Subcommands (each has ``--help``)::
     hf-soft-diamond train-image       CONFIG.json | --flag value ...
     hf-soft-diamond compare --task translation --base_config C.json --arms ARMS.json --seeds 1 2 3 --output_dir D
     hf-soft-diamond average RUN_DIR --last 5 --output_dir OUT [--dtype float16]   checkpoint averaging
+    hf-soft-diamond report docs/studies/STUDY [--claims CLAIMS.json]   tables with CIs, verdicts, frontier figure
     hf-soft-diamond card RUN_DIR [--model_name NAME]       (re)write RUN_DIR/README.md from all_results.json
     hf-soft-diamond table --alpha 0.5 1.0 1.5              prebuild SaS lookup tables into the cache
 """
@@ -33,6 +34,12 @@ def _train_image(argv: list[str]) -> None:
 
 def _compare(argv: list[str]) -> None:
     from .run.compare import main
+
+    main(argv)
+
+
+def _report(argv: list[str]) -> None:
+    from .run.report import main
 
     main(argv)
 
@@ -86,6 +93,7 @@ COMMANDS = {
     "train-translation": (_train_translation, "train a German-English translation model (run_translation style)"),
     "train-image": (_train_image, "train an image classifier (ViT / ResNet)"),
     "compare": (_compare, "run several regularizer settings x seeds and tabulate them"),
+    "report": (_report, "a recorded study's tables with confidence intervals, claim verdicts, frontier figure"),
     "average": (_average, "average the weights of a run's last checkpoints"),
     "card": (_card, "render a run's model card"),
     "table": (_table, "prebuild SaS lookup tables"),

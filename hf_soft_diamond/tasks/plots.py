@@ -5,6 +5,7 @@
   for ``sas``, Gaussian for ``l2``, Laplace for ``l1``/``pwd``/``lp``), its scale fitted to
   the weights by maximum likelihood (the run's own prior, at its gamma, dashed for ``sas``).
 * :func:`plot_prune_curves`: task metric against the pruned fraction, one line per run.
+* :func:`plot_frontier`: a study's metric-sparsity frontier, every arm in one figure.
 * :func:`plot_layer_sparsity`: per-layer fraction of ``|w| <= tau`` as horizontal bars.
 * :func:`plot_spectrum_history`: per-layer Hill alpha over training steps.
 
@@ -192,6 +193,52 @@ def plot_prune_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], path:
     ax.grid(alpha=0.3)
     ax.set_title(title or f"Prune curve ({metric_name})")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _family(arm: str) -> str:
+    """An arm's name without its grid point: ``sas_a0.5[reg_strength=0.01]`` -> ``sas_a0.5``."""
+    return arm.split("[", 1)[0]
+
+
+def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, *, metric_name: str = "metric",
+                  title: str | None = None) -> Path:
+    """Metric against sparsity for every arm of a study stage, one figure.
+
+    ``series``: arm -> ``{"sparsity": percent of regularized weights <= 1e-3, "metric": an
+    interval with ``mean``/``low``/``high`` (NaN bounds for one seed), "curve": [(percent
+    <= 1e-3 after magnitude pruning, metric), ...]}`` (:func:`..run.report.frontier_series`).
+    Each arm is a marker at its own sparsity with its interval as an error bar (metric on the
+    whole split) and a dashed line through its prune curve (metric on the prune subset); arms
+    of one family (the name before ``[``, a grid) share a colour. Up and to the right is better.
+    """
+    if not series:
+        raise ValueError("`series` is empty: nothing to plot")
+    fig, ax = _new_figure(8.0, 5.5)
+    families = list(dict.fromkeys(_family(a) for a in series))
+    colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    markers = "osD^vP*Xh<>"
+    labelled: set[str] = set()
+    for arm, s in series.items():
+        family = _family(arm)
+        colour, marker = colours[family], markers[(families.index(family) // 10) % len(markers)]
+        interval = s["metric"]
+        yerr = None
+        if not (math.isnan(interval.low) or math.isnan(interval.high)):
+            yerr = [[interval.mean - interval.low], [interval.high - interval.mean]]
+        label = family if family not in labelled else None
+        labelled.add(family)
+        ax.errorbar([s["sparsity"]], [interval.mean], yerr=yerr, color=colour, marker=marker, ms=6, capsize=3,
+                    linestyle="none", label=label)
+        curve = list(s.get("curve") or [])  # in pruned-fraction order: x = max(f, s) never decreases
+        if curve:
+            ax.plot([x for x, _ in curve], [y for _, y in curve], color=colour, linestyle="--", linewidth=1, alpha=0.7)
+    ax.set_xlabel("regularized weights with |w| ≤ 1e-3 (%); dashed: after magnitude pruning")
+    ax.set_ylabel(metric_name)
+    ax.set_xlim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{metric_name} against sparsity")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
     return _save(fig, path)
 
 
