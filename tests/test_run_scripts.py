@@ -583,3 +583,30 @@ def test_every_point_of_every_shipped_arms_file_parses(path):
     assert "none" in points
     for name, overrides in points.items():
         validate_config(task, {**base, **overrides}, f"{path.name}: {name}")
+
+
+def test_compare_reuses_a_run_another_stage_recorded(tmp_path, monkeypatch):
+    """An arm whose sparse pick is its best pick is the same run (same config and seed) in both
+    stages: the second stage copies the recorded files instead of training again."""
+    from hf_soft_diamond.tasks.run import compare as compare_module
+
+    base = image_config(tmp_path / "unused", max_steps=6)
+    arm = {"regularizer": "l1", "reg_strength": 1e-3}
+    config = {**base, **arm, "seed": 1, "final_split": "test"}
+    study = tmp_path / "study"
+    done = study / "final" / "l1" / "seed1"
+    done.mkdir(parents=True)
+    (done / "run_config.json").write_text(json.dumps({**config, "output_dir": "runs/elsewhere/l1/seed1"}))
+    results = {"task": "image", "test_accuracy": 81.5, "sparsity": {"regularized": {"1e-03": 0.4}}, "prune_curve": []}
+    (done / "all_results.json").write_text(json.dumps(results))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(compare_module.subprocess, "run", no_training)
+    payload = compare_module.compare("image", base, {"l1": arm}, [1], tmp_path / "out", record_dir=study / "sparse")
+    assert payload["runs"]["l1"][0]["test_accuracy"] == 81.5
+    assert json.loads((study / "sparse" / "l1" / "seed1" / "all_results.json").read_text()) == results
+    # a different seed is a different run: it would train
+    with pytest.raises(AssertionError, match="trained again"):
+        compare_module.compare("image", base, {"l1": arm}, [2], tmp_path / "out", record_dir=study / "sparse")

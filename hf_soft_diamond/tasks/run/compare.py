@@ -227,12 +227,29 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
 RECORDED_FILES = ("all_results.json", RUN_CONFIG_NAME)
 
 
+def config_key(config: Mapping[str, Any]) -> str:
+    """What makes two runs the same run: their config without its ``output_dir``, as canonical JSON."""
+    return json.dumps({k: v for k, v in config.items() if k != "output_dir"}, sort_keys=True)
+
+
+def recorded_runs(study_dir: Path) -> dict[str, Path]:
+    """:func:`config_key` -> folder, for every finished run recorded under ``study_dir``
+    (``<stage>/<arm>/seed<k>/`` holding both :data:`RECORDED_FILES`)."""
+    found: dict[str, Path] = {}
+    for config_path in sorted(study_dir.glob(f"*/*/seed*/{RUN_CONFIG_NAME}")):
+        if (config_path.parent / "all_results.json").is_file():
+            found.setdefault(config_key(json.loads(config_path.read_text())), config_path.parent)
+    return found
+
+
 def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str = "", overwrite: bool = False,
-            record_dir: Path | None = None) -> dict[str, Any]:
+            record_dir: Path | None = None, recorded: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """Run one training job in its own process; return its ``all_results.json`` (+ wall time).
 
     A run with results in ``run_dir`` (or in ``record_dir``) is not run again unless
-    ``overwrite``; a finished run's :data:`RECORDED_FILES` are copied to ``record_dir``.
+    ``overwrite``; nor is a run whose exact config (:func:`config_key`) is in ``recorded``
+    (another stage of the study picked the same setting and seed): its recorded files are
+    copied to ``record_dir``. A finished run's :data:`RECORDED_FILES` are copied to ``record_dir``.
     """
     results_path = run_dir / "all_results.json"
     if not overwrite:
@@ -241,6 +258,10 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
                 results = json.loads(done.read_text())
                 _record(run_dir, record_dir)
                 return results
+        same = (recorded or {}).get(config_key(config))
+        if same is not None:
+            _record(same, record_dir)
+            return json.loads((same / "all_results.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / RUN_CONFIG_NAME  # not config.json: save_model writes the model's config there
     config_path.write_text(json.dumps({**config, "output_dir": str(run_dir)}, indent=2))
@@ -281,7 +302,9 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     parsed by the task's argument classes first, so a bad setting fails before any run
     starts. ``record_dir``: each run's small files (:data:`RECORDED_FILES`) and the
     comparison's outputs are also written there, laid out like ``output_dir``; a run recorded
-    there is not run again (commit it, and an interrupted or moved study loses nothing).
+    there is not run again (commit it, and an interrupted or moved study loses nothing), nor is
+    a run whose exact config is recorded in a sibling folder of ``record_dir`` (another stage of
+    the same study, e.g. an arm whose sparsest grid point is also its best one).
     """
     if task not in TASK_MODULES:
         raise ValueError(f"`task` must be one of {sorted(TASK_MODULES)}, got {task!r}.")
@@ -303,10 +326,12 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
                for arm, overrides in expanded.items() for seed in seeds]
     for arm, seed, config in planned:  # every bad setting fails here, before any training
         validate_config(task, config, f"arm {arm!r} seed {seed}")
+    record = Path(record_dir) if record_dir is not None else None
+    # the study's other stages (the record folder's siblings): a setting already run there is reused
+    recorded = recorded_runs(record.parent) if record is not None and record.parent.is_dir() else {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on child processes
-        record = Path(record_dir) if record_dir is not None else None
         futures = [pool.submit(run_one, task, config, output_dir / arm / f"seed{seed}", launcher, overwrite,
-                               record / arm / f"seed{seed}" if record is not None else None)
+                               record / arm / f"seed{seed}" if record is not None else None, recorded)
                    for arm, seed, config in planned]
         results = [f.result() for f in futures]
     runs: dict[str, list[dict[str, Any]]] = {}
