@@ -231,3 +231,17 @@ def test_shipped_claims_name_the_studies_arms(claims_file, arms_file, task):
     scripts = {"translation": "study_translation_finetune.sh", "image": "study_image_converged.sh"}
     script = (REPO / "scripts" / scripts[task]).read_text()
     assert re.search(rf"report .*--claims configs/{re.escape(claims_file)}", script), "the script writes the report"
+
+
+def test_an_arm_the_tuning_stage_did_not_pick_is_said_so(known_study):
+    """No grid point of 'worse' within the tolerance: the sparse stage has no 'worse', and the claim
+    says why instead of waiting for runs that will never come."""
+    _write_study(known_study, {("tune", "worse[reg_strength=1]", 1): _results("validation", 20.0, 0.9, {0.0: 20.0})})
+    (known_study / "tune" / "sparsest_arms.json").write_text(json.dumps({"better": {"reg_strength": 0.1}}))
+    study = report.load_study(known_study)
+    assert report.unpicked_arms(known_study, study) == {"sparse/worse"}  # no best_arms.json: final not judged
+    claims = {"claims": [{"claim": "c", "comparisons": [["sparse/better", "final/none"]]},
+                         {"claim": "d", "comparisons": [["sparse/worse", "final/none"]]}]}
+    c, d = report.evaluate_claims(study, claims, unpicked=report.unpicked_arms(known_study, study))
+    assert c.verdict == stats.NOT_MEASURED  # picked, not run yet
+    assert d.verdict == report.NOT_PICKED

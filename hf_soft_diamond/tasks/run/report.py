@@ -49,6 +49,12 @@ STAGE_ORDER = ("tune", "final", "sparse")
 STAGE_TITLES = {"tune": "tuning (validation split, seed 1)", "final": "best grid point per arm (test split)",
                 "sparse": "sparsest grid point within 1 point of none (test split)"}
 
+#: The tuning stage's file naming the arms a later stage runs (``compare --split validation`` writes both):
+#: an arm missing there had no grid point that qualified (e.g. none within the tolerance of ``none``).
+STAGE_PICKS = {"final": "tune/best_arms.json", "sparse": "tune/sparsest_arms.json"}
+#: The verdict of a comparison whose arm the tuning stage did not pick for that stage.
+NOT_PICKED = "no grid point qualified"
+
 #: ``{stage: {arm: {seed: all_results}}}``
 Study = dict[str, dict[str, dict[int, dict[str, Any]]]]
 
@@ -176,7 +182,7 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
         return stats.NOT_MEASURED
     if len(set(verdicts)) == 1:
         return verdicts[0]
-    order = [stats.SUPPORTED, stats.NOT_SEPARABLE, stats.NOT_SUPPORTED, stats.NOT_MEASURED]
+    order = [stats.SUPPORTED, stats.NOT_SEPARABLE, stats.NOT_SUPPORTED, NOT_PICKED, stats.NOT_MEASURED]
     return "mixed: " + ", ".join(f"{verdicts.count(v)} {v}" for v in order if v in verdicts)
 
 
@@ -201,8 +207,25 @@ def check_claims(claims: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
     return items
 
 
-def evaluate_claims(study: Study, claims: Mapping[str, Any], confidence: float = 0.95) -> list[ClaimResult]:
-    """Each claim's comparisons (difference of the two arms, paired by seed) and verdicts."""
+def unpicked_arms(study_dir: str | Path, study: Study) -> set[str]:
+    """``stage/arm`` names the tuning stage left out of a later stage (:data:`STAGE_PICKS`): arms
+    tuned in ``study`` that the stage's picks file lacks (e.g. no grid point within the tolerance)."""
+    tuned = {arm.split("[", 1)[0] for arm in study.get("tune", {})}
+    missing: set[str] = set()
+    for stage, picks_file in STAGE_PICKS.items():
+        path = Path(study_dir) / picks_file
+        if path.is_file():
+            missing |= {f"{stage}/{arm}" for arm in tuned - set(json.loads(path.read_text()))}
+    return missing
+
+
+def evaluate_claims(study: Study, claims: Mapping[str, Any], confidence: float = 0.95,
+                    unpicked: set[str] | frozenset[str] = frozenset()) -> list[ClaimResult]:
+    """Each claim's comparisons (difference of the two arms, paired by seed) and verdicts.
+
+    ``unpicked``: ``stage/arm`` names the tuning stage did not pick for that stage
+    (:func:`unpicked_arms`); their comparisons read :data:`NOT_PICKED` instead of "not measured yet".
+    """
     task = task_of(study)
     out = []
     for item in check_claims(claims, task):
@@ -214,8 +237,10 @@ def evaluate_claims(study: Study, claims: Mapping[str, Any], confidence: float =
             a_int = stats.mean_interval(list(a.values()), confidence) if a else None
             b_int = stats.mean_interval(list(b.values()), confidence) if b else None
             diff = stats.difference_interval(a, b, confidence) if a and b else None
-            verdict = stats.verdict(diff, higher_is_better=spec.higher_is_better, margin=margin) if diff \
-                else stats.NOT_MEASURED
+            if diff is not None:
+                verdict = stats.verdict(diff, higher_is_better=spec.higher_is_better, margin=margin)
+            else:
+                verdict = NOT_PICKED if {arm, baseline} & set(unpicked) else stats.NOT_MEASURED
             results.append(ComparisonResult(arm, baseline, a_int, b_int, diff, verdict))
         out.append(ClaimResult(item["claim"], spec, margin, results,
                                combine_verdicts([r.verdict for r in results]), str(item.get("note", ""))))
@@ -317,7 +342,8 @@ def write_report(study_dir: str | Path, claims: Mapping[str, Any] | None = None,
              f"Intervals: {round(100 * confidence)}% Student t over seeds; differences paired by seed. "
              "Prune-curve columns are measured on the runs' prune-evaluation subset.", ""]
     if claims is not None:
-        parts += ["## Claims", "", claims_table(evaluate_claims(study, claims, confidence), confidence)]
+        results = evaluate_claims(study, claims, confidence, unpicked_arms(study_dir, study))
+        parts += ["## Claims", "", claims_table(results, confidence)]
     for stage in study:
         parts += [f"## Stage `{stage}`: {STAGE_TITLES.get(stage, stage)}", "",
                   stage_table(study, stage, task, confidence)]
