@@ -377,7 +377,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         except ValueError as err:
             ap.error(f"--claims {args.claims}: {err}")
     path = write_report(args.study_dir, claims, args.output_dir, args.confidence)
-    print(path)
+    if claims is not None:  # the verdicts on the terminal too; the comparisons behind them are in the report
+        study = load_study(args.study_dir)
+        for result in evaluate_claims(study, claims, args.confidence, unpicked_arms(args.study_dir, study)):
+            print(f"{result.verdict:>24}  {result.claim}")
+    print(f"report: {path}")
     return path
 
 
