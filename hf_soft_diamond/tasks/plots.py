@@ -215,7 +215,7 @@ def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, 
     if not series:
         raise ValueError("`series` is empty: nothing to plot")
     fig, ax = _new_figure(8.0, 5.5)
-    families = list(dict.fromkeys(_family(a) for a in series))
+    families = sorted({_family(a) for a in series}, key=lambda f: (f != "none", f))  # the reference first
     colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
     markers = "osD^vP*Xh<>"
     labelled: set[str] = set()
