@@ -26,7 +26,8 @@ Each comparison names two arms as ``stage/arm``. ``metric`` is one of the task's
 weights at ``|w| <= tau``, e.g. ``sparsity@1e-03``), ``pruned@<fraction>`` (the metric after
 magnitude pruning that fraction, from the prune curve, e.g. ``pruned@0.7``) or
 ``sparsity_at_1pt_loss`` (percent prunable for at most one point of the metric). ``margin``
-(default 0) turns "better" into "at most ``margin`` worse". A claim's verdict is its
+(default 0) turns "better" into "at most ``margin`` worse"; ``note`` (optional) is shown beside
+the verdict. A claim's verdict is its
 comparisons' verdict when they agree, else it lists them (e.g. ``mixed: 2 supported, 1 not
 separable``).
 """
@@ -283,8 +284,11 @@ def claims_table(results: Sequence[ClaimResult], confidence: float = 0.95) -> st
     pct = round(100 * confidence)
     head = ["claim", "metric", "arm", "baseline", f"arm [{pct}% CI]", f"baseline [{pct}% CI]",
             f"difference [{pct}% CI]", "pairs", "verdict"]
-    lines = ["| claim | verdict | note |", "|---|---|---|"]
-    lines += [f"| {c.claim} | **{c.verdict}** | {c.note} |" for c in results]
+    if any(c.note for c in results):
+        lines = ["| claim | verdict | note |", "|---|---|---|"]
+        lines += [f"| {c.claim} | **{c.verdict}** | {c.note} |" for c in results]
+    else:
+        lines = ["| claim | verdict |", "|---|---|"] + [f"| {c.claim} | **{c.verdict}** |" for c in results]
     lines += ["", "Each comparison: the difference arm - baseline over the seeds both ran (paired by seed).", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim in results:
