@@ -159,6 +159,9 @@ def per_seed(study: Study, task: str, ref: str, spec: MetricSpec) -> dict[int, f
 
 @dataclass(frozen=True)
 class ComparisonResult:
+    """One comparison of a claim: both arms' intervals, the difference ``arm - baseline`` paired by
+    seed (``None`` where a side has no runs) and its verdict."""
+
     arm: str
     baseline: str
     arm_interval: stats.Interval | None
@@ -169,6 +172,8 @@ class ComparisonResult:
 
 @dataclass(frozen=True)
 class ClaimResult:
+    """One claim of a claims file: its metric and margin, its comparisons and their combined verdict."""
+
     claim: str
     metric: MetricSpec
     margin: float
