@@ -153,7 +153,7 @@ def test_claims_on_a_study_with_a_known_answer(known_study):
 
 def test_report_writes_tables_and_a_frontier_per_stage(known_study, tmp_path):
     claims = {"claims": [{"claim": "better beats none", "comparisons": [["final/better", "final/none"]]}]}
-    path = report.write_report(known_study, claims, output_dir=tmp_path / "out")
+    path, _ = report.write_report(known_study, claims, output_dir=tmp_path / "out")
     text = path.read_text()
     assert "| better beats none | **supported** |" in text
     assert "## Stage `tune`" in text and "## Stage `final`" in text

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stats
-from .compare import SPLIT_PREFIX, TASK_METRIC, TASK_METRICS
+from .compare import SPLIT_PREFIX, TASK_METRIC, TASK_METRICS, metric_key
 
 #: Study stages in the order a study runs them (other folder names are read after these).
 STAGE_ORDER = ("tune", "final", "sparse")
@@ -114,8 +114,7 @@ class MetricSpec:
             return float(hits[0]) if hits else math.nan
         if self.name == "sparsity_at_1pt_loss":
             return 100.0 * float(results.get("sparsity_at_1pt_loss", math.nan))
-        key = f"{SPLIT_PREFIX[_split_of(results)]}_{self.name}"
-        return float(results.get(key, math.nan))
+        return float(results.get(metric_key(task, _split_of(results), self.name), math.nan))
 
 
 def metric_spec(task: str, name: str) -> MetricSpec:
@@ -337,8 +336,9 @@ def frontier_series(study: Study, stage: str, task: str) -> dict[str, dict[str, 
 
 
 def write_report(study_dir: str | Path, claims: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
-                 confidence: float = 0.95) -> Path:
-    """Write ``report.md`` and ``frontier_<stage>.png`` for the study in ``study_dir``; return the report's path."""
+                 confidence: float = 0.95) -> tuple[Path, list[ClaimResult]]:
+    """Write ``report.md`` and ``frontier_<stage>.png`` for the study in ``study_dir``; return the
+    report's path and the claims' results (empty without ``claims``)."""
     from ..plots import plot_frontier
 
     study = load_study(study_dir)
@@ -350,6 +350,7 @@ def write_report(study_dir: str | Path, claims: Mapping[str, Any] | None = None,
              "Written by `hf-soft-diamond report` from the recorded runs (`<stage>/<arm>/seed<k>/all_results.json`). "
              f"Intervals: {round(100 * confidence)}% Student t over seeds; differences paired by seed. "
              "Prune-curve columns are measured on the runs' prune-evaluation subset.", ""]
+    results: list[ClaimResult] = []
     if claims is not None:
         results = evaluate_claims(study, claims, confidence, unpicked_arms(study_dir, study))
         parts += ["## Claims", "", claims_table(results, confidence)]
@@ -365,7 +366,7 @@ def write_report(study_dir: str | Path, claims: Mapping[str, Any] | None = None,
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(path)
-    return path
+    return path, results
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -385,11 +386,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             check_claims(claims, task_of(load_study(args.study_dir)))
         except ValueError as err:
             ap.error(f"--claims {args.claims}: {err}")
-    path = write_report(args.study_dir, claims, args.output_dir, args.confidence)
-    if claims is not None:  # the verdicts on the terminal too; the comparisons behind them are in the report
-        study = load_study(args.study_dir)
-        for result in evaluate_claims(study, claims, args.confidence, unpicked_arms(args.study_dir, study)):
-            print(f"{result.verdict:>24}  {result.claim}")
+    path, results = write_report(args.study_dir, claims, args.output_dir, args.confidence)
+    for result in results:  # the verdicts on the terminal too; the comparisons behind them are in the report
+        print(f"{result.verdict:>24}  {result.claim}")
     print(f"report: {path}")
     return path
 
