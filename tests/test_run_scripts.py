@@ -611,3 +611,92 @@ def test_compare_reuses_a_run_another_stage_recorded(tmp_path, monkeypatch):
     # a different seed is a different run: it would train
     with pytest.raises(AssertionError, match="trained again"):
         compare_module.compare("image", base, {"l1": arm}, [2], tmp_path / "out", record_dir=study / "sparse")
+
+
+def _tuning_record(study: Path, weights: Path, config: dict, results: dict) -> Path:
+    """A finished tuning-stage run as a study records it: its record folder, and its run folder
+    (``weights``) holding a saved model and the same ``all_results.json``."""
+    record = study / "tune" / "l1[reg_strength=0.001]" / "seed1"
+    record.mkdir(parents=True)
+    (record / "run_config.json").write_text(json.dumps({**config, "output_dir": str(weights)}))
+    (record / "all_results.json").write_text(json.dumps(results))
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"weights")
+    (weights / "all_results.json").write_text(json.dumps(results))
+    return record
+
+
+def test_compare_evaluates_the_weights_another_stage_trained(tmp_path, monkeypatch):
+    """The final stage's seed 1 of the point the tuning stage picked trains the very model the
+    tuning stage trained: with those weights still in the tuning run's folder, the final stage
+    only evaluates them on its split, and its results keep the tuning run's training figures."""
+    from hf_soft_diamond.tasks.run import compare as compare_module
+
+    base = translation_config(tmp_path / "unused", max_steps=6, model_config_overrides={"encoder_layers": 1})
+    arm = {"regularizer": "l1", "reg_strength": 1e-3}
+    study, weights = tmp_path / "study", tmp_path / "runs" / "tune" / "l1" / "seed1"
+    tuned = {"validation_bleu": 30.0, "train_runtime": 321.0, "train_loss": 0.7, "epoch": 2.0,
+             "wall_time_s": 400.0, "training": {"max_steps": 6, "optimizer": "adamw_torch"}}
+    record = _tuning_record(study, weights, {**base, **arm, "seed": 1, "final_split": "validation"}, tuned)
+    launched = []
+
+    def evaluate(cmd, **kwargs):  # the task script, replaced at the process boundary
+        config = json.loads(Path(cmd[-1]).read_text())
+        launched.append(config)
+        evaluated = {"test_bleu": 29.0, "train_runtime": None, "epoch": None, "wall_time_s": 20.0,
+                     "training": {"max_steps": 0}, "prune_curve": [], "sparsity": {"regularized": {"1e-03": 0.3}}}
+        Path(config["output_dir"], "all_results.json").write_text(json.dumps(evaluated))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(compare_module.subprocess, "run", evaluate)
+    payload = compare_module.compare("translation", base, {"l1": arm}, [1], tmp_path / "out",
+                                     record_dir=study / "final")
+    (config,) = launched
+    assert config["do_train"] is False and config["model_name_or_path"] == str(weights)
+    assert config["final_split"] == "test" and "model_config_overrides" not in config
+    assert config["regularizer"] == "l1" and config["reg_strength"] == 1e-3  # sparsity over the same set
+    results = payload["runs"]["l1"][0]
+    assert results["test_bleu"] == 29.0
+    assert (results["train_runtime"], results["train_loss"], results["epoch"]) == (321.0, 0.7, 2.0)
+    assert results["training"] == tuned["training"] and results["trained_in"] == str(record)
+    assert results["wall_time_s"] == 420.0  # training (with its validation pass) + this evaluation
+    assert json.loads((study / "final" / "l1" / "seed1" / "all_results.json").read_text()) == results
+
+    # weights whose folder was re-run since it was recorded are not the recorded training: train
+    (weights / "all_results.json").write_text(json.dumps({**tuned, "validation_bleu": 3.0}))
+    launched.clear()
+    compare_module.compare("translation", base, {"l1": arm}, [1], tmp_path / "out2", record_dir=study / "final2")
+    assert launched[0]["do_train"] is True and "model_name_or_path" not in launched[0]
+    # ... nor is a folder without its saved model
+    shutil.rmtree(study / "final2")  # (else that training run, now recorded, is the same run)
+    (weights / "all_results.json").write_text(json.dumps(tuned))
+    (weights / "model.safetensors").unlink()
+    launched.clear()
+    compare_module.compare("translation", base, {"l1": arm}, [1], tmp_path / "out3", record_dir=study / "final3")
+    assert launched[0]["do_train"] is True
+
+
+@pytest.mark.slow
+def test_reused_training_scores_as_training_again(tmp_path):
+    """End to end: a final stage that evaluates the tuning stage's saved weights reports the same
+    test figures as the same run trained from scratch (CPU training is deterministic), for a
+    1-channel ResNet built without batch norm (the reload keeps both)."""
+    from hf_soft_diamond.tasks.run.compare import compare
+
+    base = image_config(tmp_path / "unused", max_steps=8, batch_norm=False, save_strategy="no",
+                        prune_fractions=[0.0, 0.5])
+    arm = {"regularizer": "l1", "reg_strength": 1e-3}
+    study = tmp_path / "study"
+    compare("image", base, {"l1": arm}, [1], tmp_path / "out" / "tune", split="validation",
+            record_dir=study / "tune")
+    reused = compare("image", base, {"l1": arm}, [1], tmp_path / "out" / "final",
+                     record_dir=study / "final")["runs"]["l1"][0]
+    assert "trained_in" in reused  # evaluated, not trained
+    retrained = compare("image", base, {"l1": arm}, [1], tmp_path / "alone" / "final")["runs"]["l1"][0]
+    assert "trained_in" not in retrained
+    assert reused["test_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=1e-9)
+    assert reused["test_loss"] == pytest.approx(retrained["test_loss"], rel=1e-5)
+    assert reused["prune_curve"] == pytest.approx(retrained["prune_curve"])
+    assert reused["sparsity"] == retrained["sparsity"]
+    assert reused["train_loss"] == pytest.approx(retrained["train_loss"], rel=1e-6)

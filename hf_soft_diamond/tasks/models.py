@@ -322,6 +322,8 @@ def load_image_model(model_name_or_path: str | os.PathLike[str], *, num_labels: 
                      **from_pretrained_kwargs: Any):
     """``AutoModelForImageClassification.from_pretrained`` (Hub id or local folder).
 
+    A ResNet saved without batch norm (``config.use_batch_norm`` False) comes back without it.
+
     With ``num_labels`` different from the checkpoint's, the head is re-initialised
     (``ignore_mismatched_sizes=True``), as for fine-tuning on a new label set.
     """
@@ -330,4 +332,7 @@ def load_image_model(model_name_or_path: str | os.PathLike[str], *, num_labels: 
     if num_labels is not None:
         from_pretrained_kwargs.setdefault("num_labels", num_labels)
         from_pretrained_kwargs.setdefault("ignore_mismatched_sizes", True)
-    return AutoModelForImageClassification.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    model = AutoModelForImageClassification.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    if getattr(model.config, "use_batch_norm", True) is False:  # saved by build_image_model(batch_norm=False)
+        _replace_batch_norm(model)
+    return model

@@ -53,8 +53,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-#: The run's JSON config in its folder (what ``hf-soft-diamond export`` reads; :mod:`..export`).
-RUN_CONFIG_NAME = "run_config.json"
+from .reuse import (
+    RECORDED_FILES,
+    RUN_CONFIG_NAME,
+    TrainedRun,
+    config_key,
+    evaluation_config,
+    recorded_runs,
+    trained_runs,
+    training_key,
+    with_training_results,
+)
+
 TASK_MODULES = {"translation": "hf_soft_diamond.tasks.run.translation", "image": "hf_soft_diamond.tasks.run.image"}
 #: The task's headline metric (results key suffix, label): what the prune curves measure.
 TASK_METRIC = {"translation": ("bleu", "BLEU"), "image": ("accuracy", "accuracy (%)")}
@@ -222,42 +232,30 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
     return "\n".join(lines) + "\n"
 
 
-#: What ``--record_dir`` keeps of each run: the small files that let a study be tabulated (and
-#: its runs re-run) without the run folders, which hold the weights.
-RECORDED_FILES = ("all_results.json", RUN_CONFIG_NAME)
-
-
-def config_key(config: Mapping[str, Any]) -> str:
-    """What makes two runs the same run: their config without its ``output_dir``, as canonical JSON."""
-    return json.dumps({k: v for k, v in config.items() if k != "output_dir"}, sort_keys=True)
-
-
-def recorded_runs(study_dir: Path) -> dict[str, Path]:
-    """:func:`config_key` -> folder, for every finished run recorded under ``study_dir``
-    (``<stage>/<arm>/seed<k>/`` holding both :data:`RECORDED_FILES`)."""
-    found: dict[str, Path] = {}
-    for config_path in sorted(study_dir.glob(f"*/*/seed*/{RUN_CONFIG_NAME}")):
-        if (config_path.parent / "all_results.json").is_file():
-            found.setdefault(config_key(json.loads(config_path.read_text())), config_path.parent)
-    return found
-
-
 def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str = "", overwrite: bool = False,
-            record_dir: Path | None = None, recorded: Mapping[str, Path] | None = None) -> dict[str, Any]:
+            record_dir: Path | None = None, recorded: Mapping[str, Path] | None = None,
+            trained: Mapping[str, TrainedRun] | None = None) -> dict[str, Any]:
     """Run one training job in its own process; return its ``all_results.json`` (+ wall time).
 
     A run with results in ``run_dir`` (or in ``record_dir``) is not run again unless
     ``overwrite``; nor is a run whose exact config (:func:`config_key`) is in ``recorded``
     (another stage of the study picked the same setting and seed): its recorded files are
-    copied to ``record_dir``. A finished run's :data:`RECORDED_FILES` are copied to ``record_dir``.
+    copied to ``record_dir``. A run whose training (:func:`training_key`) is in ``trained``
+    (another stage trained the same model and its weights are here) only evaluates those
+    weights (:func:`.reuse.evaluation_config`). A finished run's :data:`RECORDED_FILES` are
+    copied to ``record_dir``.
     """
     results_path = run_dir / "all_results.json"
+    source = None
     if not overwrite:
         for done in (results_path, record_dir / "all_results.json" if record_dir is not None else None):
             if done is not None and done.exists():
                 results = json.loads(done.read_text())
                 _record(run_dir, record_dir)
                 return results
+        source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
+        if source is not None:
+            config = evaluation_config(config, source)
         same = (recorded or {}).get(config_key(config))
         if same is not None:
             _record(same, record_dir)
@@ -274,6 +272,8 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
         raise RuntimeError(f"run in {run_dir} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
     results = json.loads(results_path.read_text())
     results.setdefault("wall_time_s", time.perf_counter() - start)
+    if source is not None:
+        results = with_training_results(results, source)
     results_path.write_text(json.dumps(results, indent=2))
     _record(run_dir, record_dir)
     return results
@@ -304,7 +304,10 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     comparison's outputs are also written there, laid out like ``output_dir``; a run recorded
     there is not run again (commit it, and an interrupted or moved study loses nothing), nor is
     a run whose exact config is recorded in a sibling folder of ``record_dir`` (another stage of
-    the same study, e.g. an arm whose sparsest grid point is also its best one).
+    the same study, e.g. an arm whose sparsest grid point is also its best one); a run that would
+    train the same model as a recorded run of another stage whose weights are still in its run
+    folder (the tuning stage's seed 1 of the point the final stage picked) evaluates those
+    weights on its split instead of training them again (:mod:`.reuse`).
     """
     if task not in TASK_MODULES:
         raise ValueError(f"`task` must be one of {sorted(TASK_MODULES)}, got {task!r}.")
@@ -329,9 +332,11 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     record = Path(record_dir) if record_dir is not None else None
     # the study's other stages (the record folder's siblings): a setting already run there is reused
     recorded = recorded_runs(record.parent) if record is not None and record.parent.is_dir() else {}
+    # ... and a model trained there whose weights are still here is evaluated, not trained again
+    trained = trained_runs(record.parent) if record is not None and record.parent.is_dir() else {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on child processes
         futures = [pool.submit(run_one, task, config, output_dir / arm / f"seed{seed}", launcher, overwrite,
-                               record / arm / f"seed{seed}" if record is not None else None, recorded)
+                               record / arm / f"seed{seed}" if record is not None else None, recorded, trained)
                    for arm, seed, config in planned]
         results = [f.result() for f in futures]
     runs: dict[str, list[dict[str, Any]]] = {}

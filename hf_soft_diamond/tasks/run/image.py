@@ -74,7 +74,8 @@ class ImageModelArguments:
         "help": "Resize inputs to this side (pixels) in the batched transform; default: the data's own size "
                 "(Caltech-256 is decoded at 100x100)."})
     num_channels: int | None = field(default=None, metadata={
-        "help": "1 or 3; default: the data's channels for config-built models, 3 for pretrained checkpoints. "
+        "help": "1 or 3; default: the data's channels for config-built models, the checkpoint's own "
+                "(its config's num_channels, 3 when it has none) for pretrained ones. "
                 "Gray images are repeated to 3 channels, colour images reduced to luma for 1."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
 
@@ -219,19 +220,19 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
     train = splits["train"]
     data_channels, data_side = train.image_shape[0], train.image_shape[1]
     pretrained = model_args.model_name_or_path is not None
-    channels = model_args.num_channels or (3 if pretrained else data_channels)
+    id2label = dict(enumerate(train.class_names))
+    if pretrained:  # first: its config says how many channels it reads
+        model = load_image_model(model_args.model_name_or_path, num_labels=train.num_classes,
+                                 id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                                 cache_dir=model_args.cache_dir)
+    channels = model_args.num_channels or (getattr(model.config, "num_channels", 3) if pretrained else data_channels)
     side = model_args.image_size or data_side
     splits = attach_transforms(splits, hflip=data_args.hflip, crop_padding=data_args.crop_padding,
                                cutout_size=data_args.cutout_size, normalize=data_args.normalize,
                                num_channels=channels, image_size=model_args.image_size)
-    id2label = dict(enumerate(train.class_names))
     logger.info("images: %s; train class counts %s", {k: len(v) for k, v in splits.items()}, class_counts(train))
 
-    if pretrained:
-        model = load_image_model(model_args.model_name_or_path, num_labels=train.num_classes,
-                                 id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                                 cache_dir=model_args.cache_dir)
-    else:
+    if not pretrained:
         model = build_image_model(model_args.model_type, model_args.model_size, num_labels=train.num_classes,
                                   image_size=side, num_channels=channels, dropout=model_args.dropout,
                                   batch_norm=model_args.batch_norm, id2label=id2label, seed=training_args.seed)
