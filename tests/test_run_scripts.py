@@ -700,3 +700,38 @@ def test_reused_training_scores_as_training_again(tmp_path):
     assert reused["prune_curve"] == pytest.approx(retrained["prune_curve"])
     assert reused["sparsity"] == retrained["sparsity"]
     assert reused["train_loss"] == pytest.approx(retrained["train_loss"], rel=1e-6)
+
+
+def test_compare_refuses_a_finished_run_of_another_setting_before_running_anything(tmp_path, monkeypatch):
+    """When the tuning stage picks another grid point for an arm, the final stage's folders of that
+    arm hold runs of the old point: their results must not stand for the new one."""
+    from hf_soft_diamond.tasks.run import compare as compare_module
+
+    base = image_config(tmp_path / "unused", max_steps=6)
+    old, new = {"regularizer": "l1", "reg_strength": 1e-3}, {"regularizer": "l1", "reg_strength": 1e-2}
+    study = tmp_path / "study"
+    done = study / "final" / "l1" / "seed1"
+    done.mkdir(parents=True)
+    (done / "run_config.json").write_text(json.dumps({**base, **old, "seed": 1, "final_split": "test"}))
+    (done / "all_results.json").write_text(json.dumps({"test_accuracy": 81.5}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("something ran")
+
+    monkeypatch.setattr(compare_module.subprocess, "run", no_training)
+    with pytest.raises(ValueError, match=r"final/l1/seed1 \(differs in reg_strength\).*--overwrite"):
+        compare_module.compare("image", base, {"l1": new, "none": {"regularizer": "none"}}, [1, 2],
+                               tmp_path / "out", record_dir=study / "final")
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+    # the run it holds is accepted as itself; an evaluation-only record of the same training too
+    assert compare_module.compare("image", base, {"l1": old}, [1], tmp_path / "out",
+                                  record_dir=study / "final")["runs"]["l1"][0]["test_accuracy"] == 81.5
+    evaluated = {**base, **old, "seed": 1, "final_split": "test", "do_train": False, "model_name_or_path": "w"}
+    (done / "run_config.json").write_text(json.dumps(evaluated))
+    shutil.rmtree(tmp_path / "out")
+    compare_module.compare("image", base, {"l1": old}, [1], tmp_path / "out", record_dir=study / "final")
+    # ... but not one that evaluated other weights with other settings
+    (done / "run_config.json").write_text(json.dumps({**evaluated, "prune_fractions": [0.0]}))
+    shutil.rmtree(tmp_path / "out")
+    with pytest.raises(ValueError, match="differs in prune_fractions"):
+        compare_module.compare("image", base, {"l1": old}, [1], tmp_path / "out", record_dir=study / "final")

@@ -58,6 +58,7 @@ from .reuse import (
     RUN_CONFIG_NAME,
     TrainedRun,
     config_key,
+    differing_settings,
     evaluation_config,
     recorded_runs,
     trained_runs,
@@ -289,6 +290,28 @@ def _record(run_dir: Path, record_dir: Path | None) -> None:
             shutil.copyfile(run_dir / name, record_dir / name)
 
 
+def _check_finished_runs(planned: Sequence[tuple[str, int, Mapping[str, Any]]], output_dir: Path,
+                         record: Path | None) -> None:
+    """Raise, before anything runs, when a planned run's folder (in ``output_dir`` or the record)
+    holds a finished run of another setting (say the tuning stage since picked another grid
+    point for the arm): its results would otherwise stand for the planned run."""
+    stale = []
+    for arm, seed, config in planned:
+        for folder in (output_dir / arm / f"seed{seed}", record / arm / f"seed{seed}" if record else None):
+            if folder is None or not (folder / "all_results.json").is_file():
+                continue
+            if not (folder / RUN_CONFIG_NAME).is_file():
+                stale.append(f"{folder} (finished, without its {RUN_CONFIG_NAME})")
+                continue
+            fields = differing_settings(config, json.loads((folder / RUN_CONFIG_NAME).read_text()))
+            if fields:
+                stale.append(f"{folder} (differs in {', '.join(fields)})")
+    if stale:
+        raise ValueError("these folders hold finished runs of other settings than the planned ones: "
+                         + "; ".join(stale) + ". Move them away (a study's record is in git history), "
+                         "or pass `--overwrite` (`overwrite=True`) to run them again.")
+
+
 def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]],
             seeds: Sequence[int], output_dir: str | Path, *, launcher: str = "", overwrite: bool = False,
             jobs: int = 1, split: str = "test", metric: str | None = None, tolerance: float = 1.0,
@@ -330,6 +353,8 @@ def compare(task: str, base_config: Mapping[str, Any], arms: Mapping[str, Mappin
     for arm, seed, config in planned:  # every bad setting fails here, before any training
         validate_config(task, config, f"arm {arm!r} seed {seed}")
     record = Path(record_dir) if record_dir is not None else None
+    if not overwrite:  # a finished run in a planned run's folder must be that run
+        _check_finished_runs(planned, output_dir, record)
     # the study's other stages (the record folder's siblings): a setting already run there is reused
     recorded = recorded_runs(record.parent) if record is not None and record.parent.is_dir() else {}
     # ... and a model trained there whose weights are still here is evaluated, not trained again

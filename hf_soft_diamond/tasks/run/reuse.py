@@ -75,6 +75,19 @@ def recorded_runs(study_dir: Path) -> dict[str, Path]:
     return found
 
 
+def differing_settings(planned: Mapping[str, Any], done: Mapping[str, Any]) -> list[str]:
+    """The fields in which the config of a finished run (``done``) differs from the run now
+    ``planned`` in its folder, ``output_dir`` aside: empty when the folder holds the planned run.
+    A finished evaluation-only run of a training run (:func:`evaluation_config`: ``do_train``
+    false, ``model_name_or_path`` the trained folder) holds the planned training run when it
+    agrees in everything else."""
+    ignored = {"output_dir"}
+    if planned.get("do_train") and not done.get("do_train") and done.get("model_name_or_path"):
+        ignored |= {"do_train", "model_name_or_path", *MODEL_BUILD_FIELDS}
+    keys = (set(planned) | set(done)) - ignored
+    return sorted(k for k in keys if planned.get(k) != done.get(k))
+
+
 def holds_saved_model(folder: Path) -> bool:
     """Whether ``folder`` holds a ``save_pretrained`` model (its ``config.json`` and weights)."""
     return (folder / "config.json").is_file() and (
