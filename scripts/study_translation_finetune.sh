@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's translation study: sparsify the shipped German->English translator by fine-tuning it
-# with each regularizer (CPU, 2 cores: ~13 min per run with two runs at a time, one thread each;
-# ~2.7 h for the tuning stage, ~4.3 h for each of the final and sparse stages).
+# with each regularizer (CPU, 2 cores, two runs at a time with one thread each: ~10-14 min per run,
+# ~9-10 min of training and 1-1.5 min of decoding; ~3 h for the tuning stage's 36 grid points,
+# ~2.5 h for the final stage, ~1 h for the sparse stage).
 #
 #   1. tune every arm on the validation split (seed 1; the test split is never read):
 #      none, L2 (AdamW's decoupled decay), L1 (proximal), SaS alpha in {0.5, 1.0, 1.5} decoupled
@@ -20,6 +21,10 @@
 # finished run's all_results.json and run_config.json, and each stage's tables, are also written
 # to $RECORD (docs/studies/translation_finetune, tracked). A run found in either is not run again,
 # so `git pull && bash scripts/study_translation_finetune.sh` continues where any machine stopped.
+# A run that would train the very model another recorded run trained (stage 2's seed 1 is stage
+# 1's run of the picked grid point; an arm whose sparsest point is its best is the same run in
+# stages 2 and 3) evaluates that run's saved weights in $OUT instead (hf_soft_diamond/tasks/run/
+# reuse.py) and names it in its results (`trained_in`); on a machine without them it trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study_translation_finetune}
