@@ -177,6 +177,23 @@ def test_frontier_continues_from_the_runs_own_sparsity(tmp_path):
     assert series["curve"] == pytest.approx([(60.0, 30.0), (60.0, 29.9), (70.0, 20.0)])
 
 
+def test_frontier_zoom_fits_the_arms_near_the_best_and_counts_the_rest():
+    # best 35 (seeds 34, 35, 36), a second arm at 20 (one seed), a collapsed one at 0: with zoom 0.5 the
+    # floor is 35 - 17.5 = 17.5, the collapsed arm is hidden, and the panel spans the best arm's t interval
+    # (scipy) down to 20, padded by 5% of that span; x runs to 10% past the sparsest arm shown, plus 3
+    from hf_soft_diamond.tasks.plots import frontier_zoom
+    best = sps.ttest_1samp([34.0, 35.0, 36.0], 0.0).confidence_interval(0.95)
+    series = {"best": {"sparsity": 2.0, "metric": stats.mean_interval([34.0, 35.0, 36.0])},
+              "second": {"sparsity": 40.0, "metric": stats.mean_interval([20.0])},
+              "collapsed": {"sparsity": 90.0, "metric": stats.mean_interval([0.0, 0.0])}}
+    floor, x_limits, y_limits, hidden = frontier_zoom(series, zoom=0.5)
+    assert floor == pytest.approx(17.5) and hidden == 1
+    pad = 0.05 * (best.high - 20.0)
+    assert y_limits == pytest.approx((20.0 - pad, best.high + pad))
+    assert x_limits == pytest.approx((-2.0, 47.0))
+    assert frontier_zoom(series, zoom=1.0)[3] == 0  # a floor of 0 shows every arm
+
+
 _AB = [["final/a", "final/b"]]
 
 

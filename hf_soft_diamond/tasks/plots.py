@@ -201,44 +201,83 @@ def _family(arm: str) -> str:
     return arm.split("[", 1)[0]
 
 
+def frontier_zoom(series: Mapping[str, Mapping[str, object]], zoom: float = 0.2,
+                  ) -> tuple[float, tuple[float, float], tuple[float, float], int]:
+    """The trained-models panel of :func:`plot_frontier`: ``(floor, x limits, y limits, hidden)``.
+
+    The arms shown are those whose mean metric is at least ``floor = best - zoom * |best|``
+    (higher is better); the y limits span their intervals (the mean where an interval has NaN
+    bounds) with 5% padding, the x limits their sparsities (percent) from -2 to 10% past the
+    sparsest, and ``hidden`` counts the arms below the floor.
+    """
+    if not 0 <= zoom:
+        raise ValueError(f"`zoom` must be >= 0, got {zoom}")
+    means = [s["metric"].mean for s in series.values()]
+    floor = max(means) - zoom * abs(max(means))
+    shown = [s for s in series.values() if s["metric"].mean >= floor]
+    low = min(s["metric"].mean if math.isnan(s["metric"].low) else s["metric"].low for s in shown)
+    high = max(s["metric"].mean if math.isnan(s["metric"].high) else s["metric"].high for s in shown)
+    pad = max(0.05 * (high - low), 0.01 * abs(high), 1e-6)
+    right = min(102.0, 1.1 * max(s["sparsity"] for s in shown) + 3)
+    return floor, (-2.0, right), (low - pad, high + pad), len(means) - len(shown)
+
+
 def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, *, metric_name: str = "metric",
-                  title: str | None = None) -> Path:
-    """Metric against sparsity for every arm of a study stage, one figure.
+                  title: str | None = None, zoom: float = 0.2) -> Path:
+    """Metric against sparsity for every arm of a study stage, one figure in two panels.
 
     ``series``: arm -> ``{"sparsity": percent of regularized weights <= 1e-3, "metric": an
     interval with ``mean``/``low``/``high`` (NaN bounds for one seed), "curve": [(percent
     <= 1e-3 after magnitude pruning, metric), ...]}`` (:func:`..run.report.frontier_series`).
-    Each arm is a marker at its own sparsity with its interval as an error bar (metric on the
-    whole split) and a dashed line through its prune curve (metric on the prune subset); arms
-    of one family (the name before ``[``, a grid) share a colour. Up and to the right is better.
+    Left, the trained models: each arm a marker at its own sparsity with its interval as an
+    error bar (metric on the whole split; higher is better), the metric axis fitted to the arms
+    within ``zoom`` (relative) of the best one so that arms a fraction of a point apart stay
+    apart; a note counts the arms below it. Right, the same markers with a dashed line through
+    each arm's prune curve (metric on the prune subset) over the whole 0-100% range. Arms of
+    one family (the name before ``[``, a grid) share a colour and marker. Up and to the
+    right is better.
     """
     if not series:
         raise ValueError("`series` is empty: nothing to plot")
-    fig, ax = _new_figure(8.0, 5.5)
+    fig = Figure(figsize=(12.0, 5.5), dpi=110)
+    FigureCanvasAgg(fig)
+    trained, pruned = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     families = sorted({_family(a) for a in series}, key=lambda f: (f != "none", f))  # the reference first
-    colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
     markers = "osD^vP*Xh<>"
     labelled: set[str] = set()
     for arm, s in series.items():
         family = _family(arm)
-        colour, marker = colours[family], markers[(families.index(family) // 10) % len(markers)]
+        index = families.index(family)
+        colour, marker = f"C{index % 10}", markers[(index // 10) % len(markers)]
         interval = s["metric"]
         yerr = None
         if not (math.isnan(interval.low) or math.isnan(interval.high)):
             yerr = [[interval.mean - interval.low], [interval.high - interval.mean]]
         label = family if family not in labelled else None
         labelled.add(family)
-        ax.errorbar([s["sparsity"]], [interval.mean], yerr=yerr, color=colour, marker=marker, ms=6, capsize=3,
-                    linestyle="none", label=label)
+        for ax in (trained, pruned):
+            ax.errorbar([s["sparsity"]], [interval.mean], yerr=yerr, color=colour, marker=marker, ms=6, capsize=3,
+                        linestyle="none", label=label if ax is trained else None)
         curve = list(s.get("curve") or [])  # in pruned-fraction order: x = max(f, s) never decreases
         if curve:
-            ax.plot([x for x, _ in curve], [y for _, y in curve], color=colour, linestyle="--", linewidth=1, alpha=0.7)
-    ax.set_xlabel("regularized weights with |w| ≤ 1e-3 (%); dashed: after magnitude pruning")
-    ax.set_ylabel(metric_name)
-    ax.set_xlim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or f"{metric_name} against sparsity")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+            pruned.plot([x for x, _ in curve], [y for _, y in curve], color=colour, linestyle="--", linewidth=1,
+                        alpha=0.7)
+    floor, x_limits, y_limits, hidden = frontier_zoom(series, zoom)
+    trained.set_xlim(*x_limits)
+    trained.set_ylim(*y_limits)
+    if hidden:
+        trained.text(0.99, 0.01, f"{hidden} arm{'s' if hidden > 1 else ''} below {floor:.3g}: right panel",
+                     transform=trained.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
+    trained.set_xlabel("regularized weights with |w| ≤ 1e-3 (%)")
+    trained.set_title("as trained (error bars: 95% CI over seeds)", fontsize=9)
+    pruned.set_xlabel("regularized weights with |w| ≤ 1e-3 (%); dashed: after magnitude pruning")
+    pruned.set_title("and after magnitude pruning (prune subset)", fontsize=9)
+    pruned.set_xlim(-2, 102)
+    for ax in (trained, pruned):
+        ax.set_ylabel(metric_name)
+        ax.grid(alpha=0.3)
+    trained.legend(fontsize=7, ncol=2, loc="best")
+    fig.suptitle(title or f"{metric_name} against sparsity")
     return _save(fig, path)
 
 
