@@ -27,10 +27,16 @@ from matplotlib.figure import Figure
 from scipy import optimize, stats
 
 
-def _new_figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, object]:
+def _new_panels(width: float, height: float, count: int) -> tuple[Figure, list[object]]:
+    """A figure of ``count`` panels side by side, drawn off-screen (Agg)."""
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig, [fig.add_subplot(1, count, i + 1) for i in range(count)]
+
+
+def _new_figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, object]:
+    fig, (ax,) = _new_panels(width, height, 1)
+    return fig, ax
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -207,8 +213,9 @@ def frontier_zoom(series: Mapping[str, Mapping[str, object]], zoom: float = 0.2,
 
     The arms shown are those whose mean metric is at least ``floor = best - zoom * |best|``
     (higher is better); the y limits span their intervals (the mean where an interval has NaN
-    bounds) with 5% padding, the x limits their sparsities (percent) from -2 to 10% past the
-    sparsest, and ``hidden`` counts the arms below the floor.
+    bounds), padded by 5% of that span or 1% of its top, whichever is larger; the x limits
+    their sparsities (percent) from -2 to 10% past the sparsest, and ``hidden`` counts the arms
+    below the floor.
     """
     if not 0 <= zoom:
         raise ValueError(f"`zoom` must be >= 0, got {zoom}")
@@ -239,9 +246,7 @@ def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, 
     """
     if not series:
         raise ValueError("`series` is empty: nothing to plot")
-    fig = Figure(figsize=(12.0, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    trained, pruned = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, (trained, pruned) = _new_panels(12.0, 5.5, 2)
     families = sorted({_family(a) for a in series}, key=lambda f: (f != "none", f))  # the reference first
     markers = "osD^vP*Xh<>"
     labelled: set[str] = set()
