@@ -10,6 +10,8 @@ once per *optimizer* step, whatever loop drives it (``transformers.Trainer``,
   does not depend on accumulation steps, world size or loss scaling (and is not
   clipped). Parameters whose ``.grad`` is ``None`` are skipped, as the optimizer
   skips them.
+  A prior too steep at 0 for the learning rate (one step of it would overshoot 0:
+  :func:`warn_if_prior_step_overshoots`) gets one warning when it is attached.
 * decoupled mode: ``decoupled_pre_step_`` before and ``decoupled_post_step_`` after the
   optimizer's own update, with each parameter group's *scheduled* ``lr``.
 * an fp16 step that ``GradScaler`` skips (inf/NaN gradients) never calls
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .fused import non_finite_indices
-from .regularizers.base import Regularizer
+from .regularizers.base import Regularizer, optimizer_family
 
 STATE_KEY = "hf_soft_diamond"
 
@@ -58,6 +60,46 @@ def resolve_mode_for(regularizer: Regularizer, optimizer: Any) -> str:
             "reg_strength is (weights collapse towards 0). Leave reg_mode unset (decoupled under Adam-family "
             "optimizers) unless that is what you want.", regularizer.name, name)
     return mode
+
+
+def warn_if_prior_step_overshoots(regularizer: Regularizer, optimizer: torch.optim.Optimizer) -> float | None:
+    """Warn when one step of the prior alone would carry a weight near 0 past 0 and farther out.
+
+    Near 0 a prior that is smooth there pulls linearly, ``strength * R''(0) * w``
+    (:meth:`~hf_soft_diamond.regularizers.Regularizer.curvature_at_zero`), so an explicit step of
+    it maps a small weight ``w`` to ``(1 - h) * w`` with ``h = lr * strength * R''(0)``. For
+    ``h > 2`` the weight lands on the other side of 0 farther out than it started: weights that
+    the data gradient brings near 0 are flung outwards instead of settling (momentum only
+    shifts the bound). The step is explicit for a coupled prior under an SGD-family optimizer
+    (Adam normalises a coupled gradient instead, see :func:`resolve_mode_for`) and for a
+    decoupled one unless its class guards it
+    (:attr:`~hf_soft_diamond.regularizers.Regularizer.decoupled_stops_at_zero`). ``lr`` is the
+    largest learning rate of the optimizer's groups (``initial_lr`` once a scheduler has set it:
+    the schedule's peak).
+
+    Returns ``h`` where the step is explicit, else ``None``.
+    """
+    curvature = regularizer.curvature_at_zero()
+    if regularizer.mode == "coupled":
+        explicit = optimizer_family(optimizer) == "sgd"
+    else:
+        explicit = not regularizer.decoupled_stops_at_zero
+    if not explicit or curvature is None or not regularizer.acts:
+        return None
+    lr = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
+    h = lr * regularizer.strength * curvature
+    if h > 2.0:
+        remedies = [f"a reg_strength below {2.0 / (lr * curvature):.3g}"]
+        if regularizer.mode == "coupled" and regularizer.decoupled_stops_at_zero:
+            remedies.insert(0, "reg_mode='decoupled' (a pull that stops at 0)")
+        remedies.append("a prior that is wider at 0 (larger sas_gamma or lp_eps)")
+        warnings.warn(
+            f"hf_soft_diamond: the {regularizer.mode} {regularizer.name!r} prior is stiff near 0 at lr={lr:g}, "
+            f"reg_strength={regularizer.strength:g}: one step of the prior alone maps a small weight w to "
+            f"(1 - {h:.3g}) * w (lr * reg_strength * R''(0) = {h:.3g} > 2), so weights that come near 0 are flung "
+            f"outwards instead of settling. Use {', '.join(remedies[:-1])} or {remedies[-1]}.",
+            UserWarning, stacklevel=4)
+    return h
 
 
 def check_on_nonfinite(on_nonfinite: str, check_finite_every: int) -> int:
@@ -120,6 +162,7 @@ class RegularizerHandle:
                  check_finite_every: int = 1, *, hooks: bool = True) -> None:
         self.check_finite_every = check_on_nonfinite(on_nonfinite, check_finite_every)
         resolve_mode_for(regularizer, optimizer)
+        warn_if_prior_step_overshoots(regularizer, optimizer)
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.named_params = named_params

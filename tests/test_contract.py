@@ -17,12 +17,16 @@ The contract:
 3. gradient accumulation 2 x batch 4 gives the weights of batch 8;
 4. compiled kernels give the eager results, exact zeros included;
 5. non-finite weights stop training at the step they appear, at any strength;
-6. every out-of-range hyperparameter is refused, naming the field.
+6. every out-of-range hyperparameter is refused, naming the field;
+7. an elementwise prior smooth at 0 states its curvature there (finite differences of
+   ``penalty()``), and a coupled one under SGD warns exactly when one step of it would carry
+   a weight near 0 past 0 and farther out (measured on the step).
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -336,3 +340,106 @@ def test_registry_metadata_is_complete():
             assert param.validate(param.default) == param.default or param.default is None
         regularizer = build_regularizer(name)
         assert set(regularizer.hparams()) == {"regularizer", "reg_strength", "reg_mode", *(p.field for p in cls.params)}
+
+
+# --------------------------------------------------------------------------- 7. stiffness near 0
+def _curvature(name: str) -> float | None:
+    return build_regularizer(name, strength=1.0).curvature_at_zero()
+
+
+def _penalty_at(name: str, x: float) -> float:
+    return float(build_regularizer(name, strength=1.0, fused_backend="eager").penalty(
+        [torch.tensor([x], dtype=torch.float64)]))
+
+
+def _second_difference_at_zero(name: str, h: float) -> float:
+    """``(R(h) + R(-h) - 2 R(0)) / h^2`` of one weight, from ``penalty()`` at strength 1."""
+    return (_penalty_at(name, h) + _penalty_at(name, -h) - 2 * _penalty_at(name, 0.0)) / h**2
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_curvature_at_zero_is_the_penalty_second_derivative(name):
+    """Smooth at 0: R''(0) by finite differences. None: a kink, where the difference grows as
+    1/h, or no penalty at all."""
+    curvature = _curvature(name)
+    if curvature is None:
+        flat = all(_penalty_at(name, x) == 0.0 for x in (1e-2, -1e-2, 1.0))
+        assert flat or _second_difference_at_zero(name, 1e-4) > 50 * _second_difference_at_zero(name, 1e-2)
+    else:  # Richardson on h and h/2 (the difference's error is O(h^2)); h well above the table's rounding
+        h = 5e-3 / curvature**0.5
+        extrapolated = (4 * _second_difference_at_zero(name, h / 2) - _second_difference_at_zero(name, h)) / 3
+        assert extrapolated == pytest.approx(curvature, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", SPECTRAL)
+def test_penalties_that_are_not_elementwise_state_no_curvature(name):
+    assert _curvature(name) is None
+
+
+def _one_prior_step(name: str, mode: str, optimizer: str, lr_strength: float, w0: torch.Tensor):
+    """One step of the prior alone (zero data gradient) at lr * strength = ``lr_strength``.
+    Returns (w1 / w0, the 'stiff near 0' warnings)."""
+    strength = 1e-2
+    param = torch.nn.Parameter(w0.clone())
+    lr = lr_strength / strength
+    opt = (torch.optim.SGD([param], lr=lr) if optimizer == "sgd"
+           else torch.optim.AdamW([param], lr=lr, weight_decay=0.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_regularizer(opt, build_regularizer(name, strength=strength, mode=mode, fused_backend="eager"),
+                           [("w", param)])
+    param.grad = torch.zeros_like(param)
+    opt.step()
+    return param.detach() / w0, [w for w in caught if "stiff near 0" in str(w.message)]
+
+
+SMOOTH = [n for n in ELEMENTWISE if _curvature(n) is not None]
+
+
+def _explicit(name: str, mode: str, optimizer: str) -> bool:
+    """Whether the prior's step is an unguarded explicit step (what the warning judges)."""
+    if mode == "coupled":
+        return optimizer == "sgd"
+    return not get_regularizer_class(name).decoupled_stops_at_zero
+
+
+EXPLICIT_STEPS = [(n, m, o) for n in SMOOTH for m in get_regularizer_class(n).modes for o in ("sgd", "adamw")
+                  if _explicit(n, m, o)]
+
+
+@pytest.mark.parametrize("h", [0.5, 1.9, 2.1, 3.0])
+@pytest.mark.parametrize("name, mode, optimizer", EXPLICIT_STEPS)
+def test_an_explicit_prior_step_is_warned_about_exactly_when_it_overshoots_zero(name, mode, optimizer, h):
+    """Weights deep in the prior's linear core, lr * strength * R''(0) = h: the step maps w to (1 - h) w,
+    and the warning comes exactly when that carries the weights past 0 and farther out."""
+    curvature = _curvature(name)
+    w0 = torch.tensor([1e-4, -3e-4, 2e-4], dtype=torch.float64) / curvature**0.5
+    ratio, stiff = _one_prior_step(name, mode, optimizer, h / curvature, w0)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 1 - h), rtol=1e-3, atol=0)
+    grew = bool((ratio.abs() > 1).all())
+    assert grew == (h > 2) and len(stiff) == int(grew)
+    if stiff:
+        assert f"= {h:.3g} > 2" in str(stiff[0].message)
+
+
+GUARDED = [n for n in ELEMENTWISE if "decoupled" in get_regularizer_class(n).modes
+           and get_regularizer_class(n).decoupled_stops_at_zero]
+
+
+@pytest.mark.parametrize("lr_strength", [1e-6, 1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("name", GUARDED)
+def test_a_guarded_decoupled_step_never_carries_a_weight_past_zero(name, lr_strength):
+    """decoupled_stops_at_zero: at any lr * strength each weight keeps its sign or becomes 0 and
+    never grows, under SGD and AdamW (zero data gradient); no stiffness warning."""
+    w0 = torch.tensor([1e-6, -1e-3, 0.3, -2.0], dtype=torch.float64)
+    for optimizer in ("sgd", "adamw"):
+        ratio, stiff = _one_prior_step(name, "decoupled", optimizer, lr_strength, w0)
+        assert bool(((ratio >= 0) & (ratio <= 1)).all()) and not stiff, (optimizer, ratio)
+
+
+@pytest.mark.parametrize("name", [n for n in SMOOTH if "coupled" in get_regularizer_class(n).modes])
+def test_a_coupled_prior_under_adam_is_not_judged_by_the_sgd_bound(name):
+    """Adam normalises a coupled gradient (resolve_mode_for warns about that); h says nothing there."""
+    w0 = torch.tensor([1e-4, -3e-4], dtype=torch.float64) / _curvature(name) ** 0.5
+    _, stiff = _one_prior_step(name, "coupled", "adamw", 3.0 / _curvature(name), w0)
+    assert not stiff

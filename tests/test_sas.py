@@ -170,6 +170,23 @@ def test_limits_near_zero_and_in_the_tail(alpha):
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5, 2.0])
+@pytest.mark.parametrize("gamma", [0.01, 0.5, 3.0])
+def test_slope_at_zero_is_the_curvature_of_the_characteristic_function(alpha, gamma):
+    """-psi'(0) = -f''(0)/f(0) with f(0) = 1/pi int exp(-gamma t^alpha) dt and -f''(0) = 1/pi int t^2 exp(...) dt
+    (the inverse Fourier transform at 0, by quadrature), and the table's score near 0 agrees."""
+    from scipy import integrate
+
+    def moment(k: int) -> float:  # int_0^inf t^k exp(-gamma t^alpha) dt, in u = gamma t^alpha
+        value, _ = integrate.quad(lambda u: u ** ((k + 1) / alpha - 1) * math.exp(-u), 0, math.inf)
+        return value / (alpha * gamma ** ((k + 1) / alpha))
+
+    slope = S.sas_score_slope_at_zero(alpha, gamma)
+    assert slope == pytest.approx(moment(2) / moment(0), rel=1e-9)
+    x = torch.tensor([1e-7, -1e-8], dtype=torch.float64) * gamma ** (1 / alpha)
+    torch.testing.assert_close(-sas_score(x, alpha, gamma) / x, torch.full_like(x, slope), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5, 2.0])
 def test_score_is_odd_and_special_values(alpha):
     x = torch.logspace(-5, 5, 200, dtype=torch.float64)
     torch.testing.assert_close(sas_score(-x, alpha, 0.7), -sas_score(x, alpha, 0.7), rtol=0, atol=0)

@@ -339,6 +339,11 @@ class Regularizer(abc.ABC):
     modes: ClassVar[tuple[str, ...]] = MODES
     #: The mode of the method's paper, used under SGD-family optimizers when no mode is given.
     paper_mode: ClassVar[str] = "coupled"
+    #: Whether the decoupled step never carries a weight past 0, at any ``lr * strength`` (a
+    #: guarded pull, a proximal or multiplicative shrink). When False, the decoupled step of a
+    #: prior smooth at 0 is the explicit ``w - lr * strength * R''(0) * w`` near 0, which overshoots
+    #: for ``lr * strength * R''(0) > 2`` (see :meth:`curvature_at_zero`).
+    decoupled_stops_at_zero: ClassVar[bool] = False
     #: The hyperparameters beyond strength and mode (:class:`Param`), in signature order.
     params: ClassVar[tuple[Param, ...]] = ()
     #: The paper cards cite (:data:`UNCITED` when a regularizer registers none).
@@ -408,6 +413,16 @@ class Regularizer(abc.ABC):
     @abc.abstractmethod
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         """``sum_i R(w_i)`` over the tensors, WITHOUT the strength, as a float64 0-d tensor."""
+
+    def curvature_at_zero(self) -> float | None:
+        """``R''(0)``: the penalty's second derivative at ``w = 0``, without the strength.
+
+        Defined for elementwise priors that are smooth at 0, whose coupled gradient there is
+        linear, ``strength * R''(0) * w`` (L2: 1, smoothed L_p: ``p * eps**(p-2)``, SaS:
+        ``kappa / c**2``); ``None`` for a kink at 0 (L1) and for penalties that are not
+        elementwise. :func:`~hf_soft_diamond.hooks.warn_if_prior_step_overshoots` reads it.
+        """
+        return None
 
     @torch.no_grad()
     def penalty(self, params: Sequence[Tensor]) -> Tensor:

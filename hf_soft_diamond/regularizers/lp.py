@@ -91,6 +91,9 @@ class L2Regularizer(Regularizer):
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.l2_penalty(p) for p in params])
 
+    def curvature_at_zero(self) -> float:
+        return 1.0
+
     def elementwise_terms(self, lr, mode=None):
         if self._mode_of(mode) == "coupled":
             return ElementwiseTerms(grad=_l2_grad, grad_scalars=(self.strength,))
@@ -107,6 +110,7 @@ class L1Regularizer(Regularizer):
     """
 
     name = "l1"
+    decoupled_stops_at_zero = True
     citation = Citation(title="L1 (lasso) baseline", reference=BASELINE_CITATION.reference,
                         bibtex=BASELINE_CITATION.bibtex)
     density_family = "laplace"
@@ -155,6 +159,9 @@ class LpRegularizer(Regularizer):
 
     def penalty_terms(self, params: Sequence[Tensor]) -> Tensor:
         return _stack_sum([lp_math.lp_penalty(w, self.p, self.eps) for w in params])
+
+    def curvature_at_zero(self) -> float:
+        return self.p * self.eps ** (self.p - 2.0)
 
     def elementwise_terms(self, lr, mode=None):
         if self._mode_of(mode) == "coupled":

@@ -53,6 +53,7 @@ class PWDRegularizer(Regularizer):
     """
 
     name = "pwd"
+    decoupled_stops_at_zero = True
     modes = ("decoupled",)
     paper_mode = "decoupled"
     params = (

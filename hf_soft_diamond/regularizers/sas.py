@@ -9,7 +9,11 @@ scale ``c = gamma**(1/alpha)``). The MAP objective adds
 With ``psi = d/dw log f`` read from the unit-dispersion lookup table
 (:mod:`hf_soft_diamond.priors.sas`) and ``psi_gamma(w) = psi_1(w/c)/c``:
 
-* coupled (the paper, with SGD + momentum): ``grad += -strength * psi_gamma(w)``;
+* coupled (the paper, with SGD + momentum): ``grad += -strength * psi_gamma(w)``. Near 0
+  that is ``strength * kappa / c^2 * w`` (:meth:`SaSRegularizer.curvature_at_zero`), steep
+  for small ``c``: once ``lr * strength * kappa / c^2 > 2`` a plain SGD step overshoots 0 and
+  flings the weights that come near 0 outwards instead of letting them settle (the hooks
+  warn; at alpha 0.5, gamma 0.01, ``c = 1e-4`` and ``kappa / c^2 = 1.2e10``);
 * decoupled (the default under Adam-family optimizers, like AdamW for L2): after the
   optimizer's own step ``w_hat``, ``w <- w_hat + lr * strength * psi_gamma(w_hat)``, and
   0 where that pull would carry the weight across zero. The pull always points at 0
@@ -29,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..fused import Backend
-from ..priors.sas import get_sas_table, sas_log_pdf
+from ..priors.sas import get_sas_table, sas_log_pdf, sas_score_slope_at_zero
 from .base import Citation, ElementwiseTerms, Param, Regularizer, register_regularizer
 
 SCORE_PATHS: tuple[str, ...] = ("fast", "table")
@@ -77,6 +81,7 @@ class SaSRegularizer(Regularizer):
     """
 
     name = "sas"
+    decoupled_stops_at_zero = True
     params = (
         Param("alpha", "sas_alpha", 1.5, "SaS tail index alpha in (0, 2] (2: Gaussian, 1: Cauchy, <1: sub-Cauchy).",
               low=0.0, high=2.0, low_open=True),
@@ -124,6 +129,9 @@ class SaSRegularizer(Regularizer):
         return torch.stack([
             (log_f0 - sas_log_pdf(w.detach().double(), self.alpha, self.gamma)).sum() for w in params
         ]).sum()
+
+    def curvature_at_zero(self) -> float:
+        return sas_score_slope_at_zero(self.alpha, self.gamma)
 
     def elementwise_terms(self, lr, mode=None):
         if self._mode_of(mode) == "coupled":

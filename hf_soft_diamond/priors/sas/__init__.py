@@ -41,7 +41,7 @@ from .build import DEFAULT_GRID_STEP as DEFAULT_GRID_STEP
 from .build import build_unit_table, default_grid
 from .cache import FORMAT_VERSION as FORMAT_VERSION
 from .cache import clear_memory_cache, get_sas_table, prebuild_sas_tables, sas_cache_dir
-from .density import _check_alpha, _check_gamma
+from .density import _check_alpha, _check_gamma, _kappa
 from .fit import FastScore as FastScore
 from .fit import fit_fast_score as fit_fast_score
 from .table import SasTable
@@ -53,6 +53,7 @@ __all__ = [
     "sas_cache_dir",
     "sas_log_pdf",
     "sas_score",
+    "sas_score_slope_at_zero",
     "build_unit_table",
     "clear_memory_cache",
     "default_grid",
@@ -96,3 +97,16 @@ def sas_log_pdf(x: Tensor, alpha: float, gamma: float = 1.0) -> Tensor:
         table, work, c = _prepare(x, alpha, gamma)
         out = table.log_pdf_unit(work.abs() * (1.0 / c)) - math.log(c)
         return out.to(x.dtype) if x.is_floating_point() else out
+
+
+def sas_score_slope_at_zero(alpha: float, gamma: float = 1.0) -> float:
+    """``-psi_gamma'(0) = kappa / c**2``: how steeply the SaS(alpha, gamma) score pulls near 0.
+
+    Near 0 the score is linear, ``psi_gamma(x) ~ -(kappa / c**2) x`` with ``kappa =
+    Gamma(3/alpha)/Gamma(1/alpha)`` and ``c = gamma**(1/alpha)``; equivalently the second
+    derivative of ``-log f_gamma`` at 0. Closed form (no table is read): e.g. alpha 2 gives
+    ``1/(2 gamma)``, alpha 1 ``2/gamma**2``, alpha 0.5 ``120/gamma**4``.
+    """
+    alpha = _check_alpha(alpha)
+    c = _check_gamma(gamma) ** (1.0 / alpha)
+    return _kappa(alpha) / c**2
