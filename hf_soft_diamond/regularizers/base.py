@@ -81,8 +81,10 @@ def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     :attr:`~Regularizer.params`: defaults, ranges, help), its natural mode per optimizer
     family (:attr:`~Regularizer.modes`, :attr:`~Regularizer.paper_mode`), model cards
     (:attr:`~Regularizer.citation`, ``hparams()``) and plots (:attr:`~Regularizer.density_family`,
-    :meth:`~Regularizer.log_density`). The registration is checked here: a unique name, the
-    paper mode among the modes, distinct parameter names whose defaults pass their own checks.
+    :meth:`~Regularizer.log_density`), the stiffness warning when it is attached
+    (:meth:`~Regularizer.curvature_at_zero`, :attr:`~Regularizer.decoupled_stops_at_zero`).
+    The registration is checked here: a unique name, the paper mode among the modes,
+    distinct parameter names whose defaults pass their own checks.
     """
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a non-empty class attribute `name`")
@@ -332,7 +334,9 @@ class Regularizer(abc.ABC):
     Subclasses implement :meth:`penalty_terms` (for logging) and the hooks of their
     modes: :meth:`add_coupled_grad_`, and/or :meth:`decoupled_pre_step_` /
     :meth:`decoupled_post_step_`. The hooks receive the tensors of one optimizer
-    parameter group and that group's scheduled learning rate.
+    parameter group and that group's scheduled learning rate. Elementwise priors smooth
+    at 0 also state :meth:`curvature_at_zero` (and a guarded decoupled step
+    :attr:`decoupled_stops_at_zero`), which the stiffness warning of the hooks reads.
     """
 
     name: ClassVar[str] = ""
