@@ -160,6 +160,26 @@ def test_image_training_on_fashion_mnist_beats_chance_on_held_out_images(tmp_pat
     assert results["train_images_per_second"] > 0
 
 
+def test_results_keep_every_validation_evaluation_of_the_run(tmp_path):
+    """eval_history: each periodic evaluation (step, epoch, loss, accuracy), as the Trainer's own
+    checkpointed log has it; the last one is the model the final validation pass measured."""
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.tasks.run.image import main
+
+    out = tmp_path / "tune"
+    results = main(_flags(image_config(out, max_steps=8, final_split="validation", eval_strategy="steps",
+                                       eval_steps=4, save_strategy="steps", save_steps=8, prune_fractions=[])))
+    history = results["eval_history"]
+    assert [h["step"] for h in history] == [4, 8]
+    logged = [h for h in _log_history(out / "checkpoint-8") if "eval_accuracy" in h]
+    for mine, theirs in zip(history, logged, strict=True):
+        assert mine["epoch"] == theirs["epoch"] and mine["eval_loss"] == theirs["eval_loss"]
+        assert mine["eval_accuracy"] == theirs["eval_accuracy"]
+        assert not any(k.endswith("_runtime") for k in mine)
+    assert history[-1]["eval_accuracy"] == pytest.approx(results["eval_accuracy"], abs=1e-9)
+    assert json.loads((out / "all_results.json").read_text())["eval_history"] == history
+
+
 @pytest.mark.slow
 def test_paper_recipe_is_sgd_nesterov_with_a_triangular_schedule(tmp_path):
     pytest.importorskip("sklearn")

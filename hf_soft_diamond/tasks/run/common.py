@@ -313,6 +313,25 @@ def training_summary(trainer: Any, training_args: Any, **extra: Any) -> dict[str
     }
 
 
+#: Per-evaluation keys that say how fast, not how well (left out of ``eval_history``).
+_TIMING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
+
+
+def evaluation_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations of a run in order, from the Trainer's ``state.log_history``.
+
+    One entry per evaluation (periodic ``eval_strategy`` ones and the final ``evaluate()``):
+    its ``step`` and ``epoch`` and every ``eval_*`` value except timings (loss, the task's
+    metric, sparsity), so a results file shows whether validation had reached a plateau.
+    """
+    history = []
+    for entry in log_history:
+        values = {k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(_TIMING_SUFFIXES)}
+        if values:
+            history.append({"step": entry.get("step"), "epoch": entry.get("epoch"), **values})
+    return history
+
+
 def _plain(value: Any) -> str:
     """An enum's value (``OptimizerNames.ADAMW_TORCH_FUSED`` -> ``adamw_torch_fused``), else ``str``."""
     return str(getattr(value, "value", value))
@@ -379,6 +398,9 @@ def finish_run(
     thresholds = training_args.sparsity_thresholds
     results = dict(results)
     results["training"] = training_summary(trainer, training_args, **(recipe or {}))
+    history = evaluation_history(trainer.state.log_history)
+    if history:
+        results["eval_history"] = history
     results["regularizer"] = hparams
     sparsity = sparsity_summary(model, regularized_names, thresholds)
     results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
