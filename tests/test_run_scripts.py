@@ -178,6 +178,43 @@ def test_results_keep_every_validation_evaluation_of_the_run(tmp_path):
         assert not any(k.endswith("_runtime") for k in mine)
     assert history[-1]["eval_accuracy"] == pytest.approx(results["eval_accuracy"], abs=1e-9)
     assert json.loads((out / "all_results.json").read_text())["eval_history"] == history
+    # sparsity also over the weights that are not padding-only (digits: 8x8 images, so some are)
+    assert set(results["sparsity"]["live"]) == set(results["sparsity"]["regularized"])
+    assert 0 < results["sparsity_numel"]["live"] < results["sparsity_numel"]["regularized"]
+
+
+def test_backfill_gives_an_older_record_the_live_sparsity_a_run_writes(tmp_path, monkeypatch, capsys):
+    """scripts/backfill_live_sparsity.py on a run whose results lack sparsity["live"] (as runs recorded
+    before it had them): rebuilt from the saved weights, the figures the run itself wrote come back."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import shutil
+
+    from hf_soft_diamond.tasks.run.image import main
+
+    out = tmp_path / "runs" / "tune" / "arm" / "seed1"
+    config = image_config(out, max_steps=4, final_split="validation", prune_fractions=[])
+    main(_flags(config))
+    (out / "run_config.json").write_text(json.dumps(config))  # what compare_regularizers writes for a run
+    written = json.loads((out / "all_results.json").read_text())
+    record = tmp_path / "record" / "tune" / "arm" / "seed1"
+    record.mkdir(parents=True)
+    for path in (out / "all_results.json", record / "all_results.json"):
+        older = json.loads(json.dumps(written))
+        del older["sparsity"]["live"], older["sparsity_numel"]["live"]
+        path.write_text(json.dumps(older))
+    shutil.copy(out / "run_config.json", record / "run_config.json")
+    spec = importlib.util.spec_from_file_location("backfill", REPO / "scripts" / "backfill_live_sparsity.py")
+    backfill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backfill)
+    monkeypatch.setattr("sys.argv", ["backfill", str(tmp_path / "runs"), str(tmp_path / "record")])
+    backfill.main()
+    for path in (out / "all_results.json", record / "all_results.json"):
+        restored = json.loads(path.read_text())
+        assert restored["sparsity_numel"]["live"] == written["sparsity_numel"]["live"]
+        assert restored["sparsity"]["live"] == pytest.approx(written["sparsity"]["live"], abs=1e-12)
+    backfill.main()  # already there: left alone
+    assert capsys.readouterr().out.count("live") == 1
 
 
 @pytest.mark.slow

@@ -376,6 +376,7 @@ def finish_run(
     prune_fractions: Sequence[float] = PRUNE_FRACTIONS,
     recipe: dict[str, Any] | None = None,
     summary: Callable[[dict[str, Any]], str] | None = None,
+    example_input: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The end both jobs share; returns the results.
 
@@ -384,7 +385,9 @@ def finish_run(
     of ``prune_fractions``; none when either is empty), writes the plots, ``all_results.json``
     (with ``wall_time_s`` since ``start_time``) and, when ``metric_key`` is in the results, the
     model card; prints ``summary(results)`` on the main process; pushes to the Hub with
-    ``push_to_hub``. Only the main process writes.
+    ``push_to_hub``. Only the main process writes. With ``example_input`` (a model input of
+    the run's shape) the sparsity is also given over the regularized weights that are not
+    padding-only (``sparsity["live"]``, :mod:`hf_soft_diamond.padding_taps`).
     """
     from ...model_card import render_model_card
     from ...pruning import prune_curve, sparsity_at_max_loss
@@ -405,6 +408,13 @@ def finish_run(
     sparsity = sparsity_summary(model, regularized_names, thresholds)
     results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
     results["sparsity_numel"] = sparsity["numel"]
+    if example_input is not None:
+        from ...padding_taps import live_sparsity, padding_only_taps
+
+        params = dict(model.named_parameters())
+        dead = padding_only_taps(model, example_input.to(next(model.parameters()).device))
+        results["sparsity"]["live"], results["sparsity_numel"]["live"] = live_sparsity(
+            [(n, params[n]) for n in regularized_names if n in params], dead, thresholds)
     if evaluate_fn is not None and prune_fractions:
         curve = prune_curve(model, evaluate_fn, fractions=tuple(prune_fractions),
                             regularized_names=list(regularized_names))

@@ -272,7 +272,8 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
         recipe={"recipe": data_args.recipe, "dropout": model_args.dropout, "batch_norm": model_args.batch_norm,
                 "augmentation": {"hflip": data_args.hflip, "crop_padding": data_args.crop_padding,
                                  "cutout_size": data_args.cutout_size, "normalize": data_args.normalize}},
-        summary=lambda r: image_summary(r, prefix, training_args.output_dir))
+        summary=lambda r: image_summary(r, prefix, training_args.output_dir),
+        example_input=torch.zeros(1, channels, side, side))
 
 
 def image_summary(results: dict[str, Any], prefix: str, output_dir: str) -> str:
