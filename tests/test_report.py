@@ -262,3 +262,26 @@ def test_an_arm_the_tuning_stage_did_not_pick_is_said_so(known_study):
     c, d = report.evaluate_claims(study, claims, unpicked=report.unpicked_arms(known_study, study))
     assert c.verdict == stats.NOT_MEASURED  # picked, not run yet
     assert d.verdict == report.NOT_PICKED
+
+
+def test_live_sparsity_is_judged_on_the_live_weights_only(tmp_path):
+    """Both arms zero the same padding-only half of the weights; only 'prior' makes live weights small.
+    sparsity@ sees 55% vs 50%; live_sparsity@ sees 10% vs 0%, and the tables show both."""
+    runs = {}
+    for seed, jitter in zip((1, 2, 3), (0.0, 0.01, -0.01)):
+        for arm, live_small in (("none", 0.0), ("prior", 0.10 + jitter)):
+            results = _results("test", 30.0, 0.5 + live_small / 2, {0.5: 30.0}, task="image")
+            results["test_accuracy"] = 90.0
+            results["sparsity"]["live"] = {"1e-08": 0.0, "1e-03": live_small, "1e-02": live_small}
+            runs[("final", arm, seed)] = results
+    study = report.load_study(_write_study(tmp_path / "study", runs))
+    spec = report.metric_spec("image", "live_sparsity@1e-03")
+    assert spec.label == "≤ 1e-03, live (%)"
+    assert report.per_seed(study, "image", "final/prior", spec) == pytest.approx({1: 10.0, 2: 11.0, 3: 9.0})
+    assert report.per_seed(study, "image", "final/prior", report.metric_spec("image", "sparsity@1e-03")) == \
+        pytest.approx({1: 55.0, 2: 55.5, 3: 54.5})
+    table = report.stage_table(study, "final", "image").splitlines()
+    row = next(line for line in table if line.startswith("| prior |"))
+    assert "10.0 [7.5, 12.5]" in row and "55.0 [53.8, 56.2]" in row
+    with pytest.raises(ValueError, match="live_sparsity@"):
+        report.metric_spec("image", "live_sparsity@many")

@@ -23,7 +23,9 @@ Claims file (JSON)::
 
 Each comparison names two arms as ``stage/arm``. ``metric`` is one of the task's metrics
 (``bleu``, ``chrf``, ``loss``; ``accuracy``), ``sparsity@<tau>`` (percent of the regularized
-weights at ``|w| <= tau``, e.g. ``sparsity@1e-03``), ``pruned@<fraction>`` (the metric after
+weights at ``|w| <= tau``, e.g. ``sparsity@1e-03``), ``live_sparsity@<tau>`` (the same over the
+regularized weights that are not padding-only, :mod:`hf_soft_diamond.padding_taps`; runs that
+record ``sparsity["live"]``), ``pruned@<fraction>`` (the metric after
 magnitude pruning that fraction, from the prune curve, e.g. ``pruned@0.7``) or
 ``sparsity_at_1pt_loss`` (percent prunable for at most one point of the metric). ``margin``
 (default 0) turns "better" into "at most ``margin`` worse"; ``note`` (optional) is shown beside
@@ -104,9 +106,10 @@ class MetricSpec:
 
     def value(self, task: str, results: Mapping[str, Any]) -> float:
         """The metric of one run (NaN when the run does not report it)."""
-        if self.name.startswith("sparsity@"):
+        if self.name.startswith(("sparsity@", "live_sparsity@")):
+            group = "live" if self.name.startswith("live_") else "regularized"
             tau = self.name.split("@", 1)[1]
-            return 100.0 * float((results.get("sparsity") or {}).get("regularized", {}).get(tau, math.nan))
+            return 100.0 * float((results.get("sparsity") or {}).get(group, {}).get(tau, math.nan))
         if self.name.startswith("pruned@"):
             fraction = float(self.name.split("@", 1)[1])
             hits = [p["metric"] for p in results.get("prune_curve") or []
@@ -125,13 +128,13 @@ def metric_spec(task: str, name: str) -> MetricSpec:
         label, higher = TASK_METRICS[task][name]
         return MetricSpec(name, label, higher)
     headline = TASK_METRIC[task][1].split(" ")[0]
-    if name.startswith("sparsity@"):
-        tau = name.split("@", 1)[1]
+    if name.startswith(("sparsity@", "live_sparsity@")):
+        prefix, tau = name.split("@", 1)
         try:
             float(tau)
         except ValueError:
-            raise ValueError(f"metric {name!r}: the threshold after 'sparsity@' must be a number like 1e-03") from None
-        return MetricSpec(name, f"≤ {tau} (%)", True)
+            raise ValueError(f"metric {name!r}: the threshold after '{prefix}@' must be a number like 1e-03") from None
+        return MetricSpec(name, f"≤ {tau}{', live' if prefix == 'live_sparsity' else ''} (%)", True)
     if name.startswith("pruned@"):
         try:
             fraction = float(name.split("@", 1)[1])
@@ -142,7 +145,8 @@ def metric_spec(task: str, name: str) -> MetricSpec:
         return MetricSpec(name, f"{headline} at {100 * fraction:g}% pruned", True)
     if name == "sparsity_at_1pt_loss":
         return MetricSpec(name, f"prunable at ≤ 1 pt {headline} loss (%)", True)
-    allowed = sorted(TASK_METRICS[task]) + ["sparsity@<tau>", "pruned@<fraction>", "sparsity_at_1pt_loss"]
+    allowed = sorted(TASK_METRICS[task]) + ["sparsity@<tau>", "live_sparsity@<tau>", "pruned@<fraction>",
+                                            "sparsity_at_1pt_loss"]
     raise ValueError(f"`metric` must be one of {allowed} for task {task!r}, got {name!r}.")
 
 
@@ -264,6 +268,8 @@ def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -
     """One stage's arms as a Markdown table: each metric as mean [CI] over the seeds."""
     columns = [metric_spec(task, m) for m in TASK_METRICS[task]]
     columns += [metric_spec(task, "sparsity@1e-08"), metric_spec(task, "sparsity@1e-03")]
+    if any("live" in (r.get("sparsity") or {}) for seeds in study[stage].values() for r in seeds.values()):
+        columns += [metric_spec(task, "live_sparsity@1e-08"), metric_spec(task, "live_sparsity@1e-03")]
     fractions = sorted({float(p["fraction"]) for seeds in study[stage].values() for r in seeds.values()
                         for p in r.get("prune_curve") or [] if float(p["fraction"]) > 0})
     columns += [metric_spec(task, f"pruned@{f:g}") for f in fractions]
@@ -277,7 +283,7 @@ def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -
         row = [arm, ", ".join(map(str, sorted(seeds)))]
         for spec in columns:
             values = [v for v in (spec.value(task, r) for r in seeds.values()) if not math.isnan(v)]
-            digits = 3 if spec.name == "loss" else (1 if spec.name.startswith("sparsity") else 2)
+            digits = 3 if spec.name == "loss" else (1 if spec.name.startswith(("sparsity", "live_sparsity")) else 2)
             row.append(_fmt_interval(stats.mean_interval(values, confidence), digits) if values else "-")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
