@@ -285,3 +285,21 @@ def test_live_sparsity_is_judged_on_the_live_weights_only(tmp_path):
     assert "10.0 [7.5, 12.5]" in row and "55.0 [53.8, 56.2]" in row
     with pytest.raises(ValueError, match="live_sparsity@"):
         report.metric_spec("image", "live_sparsity@many")
+
+
+def test_the_shipped_image_study_records_are_read_as_image_runs():
+    """Image runs record task 'image-classification' (the pipeline name); the report reads them as the
+    image task, and its tuning table holds each run's accuracy and live sparsity as recorded."""
+    study_dir = REPO / "docs" / "studies" / "image_converged"
+    study = report.load_study(study_dir)
+    assert report.task_of(study) == "image"
+    table = report.stage_table(study, "tune", "image").splitlines()
+    header = [c.strip() for c in table[2].strip("|").split("|")]
+    accuracy, live = header.index("accuracy (%)"), header.index("≤ 1e-03, live (%)")
+    for results_path in sorted((study_dir / "tune").glob("*/seed1/all_results.json")):
+        raw = json.loads(results_path.read_text())
+        assert raw["task"] == "image-classification"
+        row = next(line for line in table if line.startswith(f"| {results_path.parent.parent.name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[accuracy]) == pytest.approx(raw["eval_accuracy"], abs=0.005)
+        assert float(cells[live]) == pytest.approx(100 * raw["sparsity"]["live"]["1e-03"], abs=0.05)

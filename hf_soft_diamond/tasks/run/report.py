@@ -82,9 +82,14 @@ def load_study(study_dir: str | Path) -> Study:
     return {stage: study[stage] for stage in ordered}
 
 
+#: The ``task`` a run's results record -> the report's task name (image runs record the pipeline name).
+RECORDED_TASKS: dict[str, str] = {"translation": "translation", "image-classification": "image", "image": "image"}
+
+
 def task_of(study: Study) -> str:
-    """The task (``translation`` / ``image``) the study's runs recorded."""
-    tasks = {r.get("task") for arms in study.values() for seeds in arms.values() for r in seeds.values()}
+    """The task (``translation`` / ``image``) the study's runs recorded (:data:`RECORDED_TASKS`)."""
+    tasks = {RECORDED_TASKS.get(r.get("task"), r.get("task"))
+             for arms in study.values() for seeds in arms.values() for r in seeds.values()}
     if len(tasks) != 1 or not tasks <= set(TASK_METRICS):
         raise ValueError(f"a study holds runs of one task among {sorted(TASK_METRICS)}; "
                          f"found {sorted(map(str, tasks))}")
