@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .sparsity import _count_le
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -87,16 +89,14 @@ def live_sparsity(named_weights: Iterable[tuple[str, torch.Tensor]], dead: dict[
     """Sparsity of the weights that are not padding-only: ``({f"{tau:.0e}": fraction}, live count)``.
 
     ``named_weights``: the weights to measure (e.g. the regularized ones); ``dead``: masks of
-    :func:`padding_only_taps` (weights not in it are all live).
+    :func:`padding_only_taps` (weights not in it are all live). Counted as
+    :func:`~hf_soft_diamond.sparsity.sparsity_report` counts (same comparison dtype and ``<=``).
     """
-    counts = [0] * len(thresholds)
+    ascending = sorted(float(t) for t in thresholds)
+    counts = torch.zeros(len(ascending), dtype=torch.int64)
     live_total = 0
     for name, weight in named_weights:
-        w = weight.detach().float().abs()
-        keep = ~dead[name].to(w.device) if name in dead else torch.ones_like(w, dtype=torch.bool)
-        live = w[keep]
+        live = weight.detach()[~dead[name].to(weight.device)] if name in dead else weight.detach()
         live_total += live.numel()
-        for i, tau in enumerate(thresholds):
-            counts[i] += int((live <= torch.tensor(tau, dtype=torch.float32)).sum())
-    fractions = {f"{tau:.0e}": (c / live_total if live_total else 0.0) for tau, c in zip(thresholds, counts)}
-    return fractions, live_total
+        counts += _count_le(live, ascending).cpu()
+    return {f"{tau:.0e}": (int(c) / live_total if live_total else 0.0) for tau, c in zip(ascending, counts)}, live_total

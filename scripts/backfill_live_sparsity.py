@@ -41,13 +41,12 @@ def measure(run_dir: Path, results: dict) -> tuple[dict[str, float], int]:
     if missing or unexpected:
         raise ValueError(f"{run_dir}: the rebuilt model does not match the saved weights "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    names = [n for n, _ in select_parameters(model)]
-    if sum(p.numel() for _, p in select_parameters(model)) != results["sparsity_numel"]["regularized"]:
+    selected = select_parameters(model)
+    if sum(p.numel() for _, p in selected) != results["sparsity_numel"]["regularized"]:
         raise ValueError(f"{run_dir}: the default selection is not the run's regularized set")
     thresholds = [float(t) for t in results["sparsity"]["regularized"]]
-    params = dict(model.named_parameters())
     dead = padding_only_taps(model, torch.zeros(1, channels, side, side))
-    return live_sparsity([(n, params[n]) for n in names], dead, thresholds)
+    return live_sparsity(selected, dead, thresholds)
 
 
 def main() -> None:

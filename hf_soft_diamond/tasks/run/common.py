@@ -408,10 +408,10 @@ def finish_run(
     sparsity = sparsity_summary(model, regularized_names, thresholds)
     results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
     results["sparsity_numel"] = sparsity["numel"]
+    params = dict(model.named_parameters())
     if example_input is not None:
         from ...padding_taps import live_sparsity, padding_only_taps
 
-        params = dict(model.named_parameters())
         dead = padding_only_taps(model, example_input.to(next(model.parameters()).device))
         results["sparsity"]["live"], results["sparsity_numel"]["live"] = live_sparsity(
             [(n, params[n]) for n in regularized_names if n in params], dead, thresholds)
@@ -423,7 +423,6 @@ def finish_run(
     results["wall_time_s"] = time.perf_counter() - start_time
     if is_main_process:
         plots_dir = output_dir / "plots"
-        params = dict(model.named_parameters())
         weights = [params[n].detach() for n in regularized_names if n in params]
         plots = []
         if weights:
