@@ -12,6 +12,14 @@ pruned before finite weights).
 *Regularized weights* are chosen as in :mod:`hf_soft_diamond.sparsity` (the measurement
 side, which owns the name resolution: ``regularized_names`` given explicitly, or ``None``
 for the regularizers' default selection).
+
+*Excluded entries* (``excluded``: ``{name: bool mask}``, True = excluded) are set to zero and
+left out of ``N``: the fraction is of the other entries, pruned exactly as if the excluded
+ones did not exist. Meant for weights that cannot affect any output, e.g. the padding-only
+convolution taps of :func:`hf_soft_diamond.padding_taps.padding_only_taps`: zeroing them
+changes nothing, and counting them would let a model that already zeroed them reach a
+"pruned fraction" for free while one that left them at their initial values spends its
+budget on them.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import contextlib
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,14 +105,15 @@ class PruneInfo:
 
     Attributes:
         fraction: requested fraction of the regularized entries.
-        num_regularized: regularized entries ``N``.
+        num_regularized: regularized entries ``N`` (without the excluded ones).
         num_pruned: entries set to zero, ``floor(fraction * N)`` (includes entries that
-            were already zero but fell under the cut-off).
+            were already zero but fell under the cut-off; excluded entries not counted).
         threshold: the cut-off magnitude (the k-th smallest ``|w|``; 0.0 when nothing is
             pruned). Every entry with ``|w| < threshold`` was pruned, those equal to it
             by the tie rule.
-        pruned_per_layer: ``{name: entries pruned}`` for every regularized parameter.
-        masks: ``{name: bool tensor, True where pruned}`` when ``return_masks=True``.
+        pruned_per_layer: ``{name: entries pruned}`` for every regularized parameter
+            (excluded entries not counted).
+        masks: ``{name: bool tensor, True where pruned or excluded}`` when ``return_masks=True``.
     """
 
     fraction: float
@@ -120,52 +129,83 @@ class PruneInfo:
         return self.num_pruned / self.num_regularized if self.num_regularized else 0.0
 
 
+def _check_excluded(reg: dict[str, nn.Parameter], excluded: Mapping[str, torch.Tensor] | None,
+                    ) -> dict[str, torch.Tensor]:
+    """``excluded`` as flat bool masks on each parameter's device, checked against ``reg``."""
+    if not excluded:
+        return {}
+    unknown = [name for name in excluded if name not in reg]
+    if unknown:
+        raise ValueError(f"`excluded` names {unknown[:3]} that are not regularized parameters "
+                         f"(regularized: {list(reg)[:5]}...)")
+    flat = {}
+    for name, mask in excluded.items():
+        if tuple(mask.shape) != tuple(reg[name].shape) or mask.dtype != torch.bool:
+            raise ValueError(f"`excluded[{name!r}]` must be a bool mask of shape {tuple(reg[name].shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        flat[name] = mask.reshape(-1).to(reg[name].device)
+    return flat
+
+
 @torch.no_grad()
 def _prune_inplace(
-    reg: dict[str, nn.Parameter], fraction: float, return_masks: bool, backup: dict[str, torch.Tensor] | None
+    reg: dict[str, nn.Parameter], fraction: float, return_masks: bool, backup: dict[str, torch.Tensor] | None,
+    excluded: Mapping[str, torch.Tensor] | None = None,
 ) -> PruneInfo:
-    params = list(reg.values())
+    skip = _check_excluded(reg, excluded)
+    # the selection runs over the entries that count: copies without the excluded ones
+    params = [p.detach().reshape(-1)[~skip[name]] if name in skip else p for name, p in reg.items()]
     n = sum(p.numel() for p in params)
     k = math.floor(fraction * n)
     per_layer = dict.fromkeys(reg, 0)
     masks: dict[str, torch.Tensor] | None = {} if return_masks else None
-    if k == 0:
+    if k == 0 and not skip:
         if masks is not None:
             masks = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in reg.items()}
         return PruneInfo(fraction, n, 0, 0.0, per_layer, masks)
-    fdtype, idtype, _ = _key_dtype(params)
-    kth, n_less = _kth_smallest_key(params, k)
+    fdtype, idtype, _ = _key_dtype(list(reg.values()))
+    kth, n_less = _kth_smallest_key(params, k) if k else (-1, 0)  # key -1: nothing is below it
     ties_left = k - n_less  # entries equal to the cut-off still to prune, in model/row-major order
     for name, p in reg.items():
         flat = p.data.view(-1) if p.is_contiguous() else None
         work = flat if flat is not None else p.data.reshape(-1).clone()
         mask_full = torch.zeros(work.numel(), dtype=torch.bool, device=p.device) if return_masks else None
+        skip_flat = skip.get(name)
         pruned_here = 0
-        saved = False
+        changed = saved = False
         for start in range(0, work.numel(), _CHUNK):
             chunk = work[start : start + _CHUNK]
             key = _keys(chunk, fdtype, idtype)
             mask = key < kth
+            counted = None
+            if skip_flat is not None:
+                counted = ~skip_flat[start : start + _CHUNK]
+                mask &= counted
             if ties_left > 0:
                 eq = key == kth
+                if counted is not None:
+                    eq &= counted
                 take = eq & (eq.cumsum(0) <= ties_left)
                 ties_left -= int(take.sum())
                 mask |= take
             m = int(mask.sum())
-            if m:
+            zeroed = mask if counted is None else mask | ~counted
+            if m or counted is not None and not bool(counted.all()):
                 if backup is not None and not saved:
                     backup[name] = p.detach().clone()
                     saved = True
-                chunk.masked_fill_(mask, 0)
+                chunk.masked_fill_(zeroed, 0)
                 pruned_here += m
+                changed = True
             if mask_full is not None:
-                mask_full[start : start + chunk.numel()] = mask
-        if flat is None and pruned_here:
+                mask_full[start : start + chunk.numel()] = zeroed
+        if flat is None and changed:
             p.data.copy_(work.view_as(p))
         per_layer[name] = pruned_here
         if masks is not None:
             masks[name] = mask_full.view_as(p)
-    return PruneInfo(fraction, n, k, _key_to_float(kth, fdtype, idtype), per_layer, masks)
+    threshold = _key_to_float(kth, fdtype, idtype) if k else 0.0
+    return PruneInfo(fraction, n, k, threshold, per_layer, masks)
 
 
 def prune_by_magnitude(
@@ -174,6 +214,7 @@ def prune_by_magnitude(
     regularized_names: Iterable[str] | None = None,
     inplace: bool = False,
     return_masks: bool = False,
+    excluded: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, PruneInfo]:
     """Global magnitude pruning of the regularized weights.
 
@@ -188,6 +229,8 @@ def prune_by_magnitude(
         inplace: prune ``model`` itself; otherwise a ``copy.deepcopy`` is pruned and
             returned. To prune in place and restore afterwards use :func:`pruned`.
         return_masks: also return boolean masks (True = pruned) in ``PruneInfo.masks``.
+        excluded: ``{regularized name: bool mask shaped like it}``: entries set to zero and
+            left out of ``N`` (module docstring), e.g. padding-only convolution taps.
 
     Returns:
         ``(pruned model, PruneInfo)``.
@@ -195,7 +238,7 @@ def prune_by_magnitude(
     fraction = _check_fraction(fraction)
     target = model if inplace else copy.deepcopy(model)
     reg = _resolve_regularized(target, regularized_names)
-    return target, _prune_inplace(reg, fraction, return_masks, backup=None)
+    return target, _prune_inplace(reg, fraction, return_masks, backup=None, excluded=excluded)
 
 
 @contextlib.contextmanager
@@ -204,12 +247,14 @@ def pruned(
     fraction: float,
     regularized_names: Iterable[str] | None = None,
     return_masks: bool = False,
+    excluded: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[PruneInfo]:
     """Prune ``model`` in place for the duration of a ``with`` block, then restore it.
 
     The original values of every tensor that had entries pruned are cloned (same device)
     before pruning and copied back on exit, also when the block raises. Do not train
-    inside the block: the restore overwrites those tensors.
+    inside the block: the restore overwrites those tensors. ``excluded``: as in
+    :func:`prune_by_magnitude` (zeroed for the block, left out of the fraction).
 
     Example::
 
@@ -220,7 +265,7 @@ def pruned(
     reg = _resolve_regularized(model, regularized_names)
     backup: dict[str, torch.Tensor] = {}
     try:
-        yield _prune_inplace(reg, fraction, return_masks, backup=backup)
+        yield _prune_inplace(reg, fraction, return_masks, backup=backup, excluded=excluded)
     finally:
         with torch.no_grad():
             for name, saved in backup.items():
@@ -232,13 +277,15 @@ def prune_curve(
     evaluate_fn: Callable[[nn.Module], float],
     fractions: Sequence[float] = DEFAULT_PRUNE_FRACTIONS,
     regularized_names: Iterable[str] | None = None,
+    excluded: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Task metric after global magnitude pruning at each level.
 
     For each fraction (in the given order) the model is pruned in place with
     :func:`pruned`, ``evaluate_fn(model)`` is called, and the weights are restored
     before the next level (also if ``evaluate_fn`` raises). ``evaluate_fn`` should
-    return the metric in *points*, higher is better (BLEU, accuracy in %).
+    return the metric in *points*, higher is better (BLEU, accuracy in %). ``excluded``:
+    entries zeroed at every level and left out of the fractions (:func:`prune_by_magnitude`).
 
     Returns:
         One dict per level: ``fraction`` (requested), ``pruned_fraction`` (actual,
@@ -249,7 +296,7 @@ def prune_curve(
     names = list(_resolve_regularized(model, regularized_names))
     curve = []
     for f in checked:
-        with pruned(model, f, regularized_names=names) as info:
+        with pruned(model, f, regularized_names=names, excluded=excluded) as info:
             metric = float(evaluate_fn(model))
         row = {
             "fraction": f,

@@ -275,6 +275,93 @@ def test_prune_curve_evaluates_pruned_weights_and_restores() -> None:
         assert torch.equal(p, before[n])
 
 
+def _reference_prune_excluded(vals: dict[str, np.ndarray], names: list[str], fraction: float,
+                              excluded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """numpy reference for ``excluded``: the counted entries pruned as if alone (stable argsort
+    in model/row-major order), the excluded ones set to zero."""
+    counted = {n: vals[n][~excluded[n]] if n in excluded else vals[n].ravel() for n in names}
+    pruned_counted = _reference_prune(counted, names, fraction)
+    out = {}
+    for n in names:
+        w = vals[n].copy()
+        if n in excluded:
+            w[excluded[n]] = 0
+            w[~excluded[n]] = pruned_counted[n]
+        else:
+            w = pruned_counted[n].reshape(w.shape)
+        out[n] = w
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.5, 0.9])
+def test_prune_excluded_entries_are_zeroed_and_left_out_of_the_fraction(
+        fraction: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pr, "_CHUNK", 7)  # masks and chunks out of step
+    model = Tiny()
+    vals = _set(model)  # exact zeros and ties among the counted entries too
+    g = np.random.default_rng(4)
+    excluded_np = {"emb.weight": g.random((5, 4)) < 0.4, "fc2.weight": np.array([[True, False, True], [False] * 3])}
+    excluded = {n: torch.from_numpy(m) for n, m in excluded_np.items()}
+    n_counted = 38 - sum(int(m.sum()) for m in excluded_np.values())
+    out, info = prune_by_magnitude(model, fraction, return_masks=True, excluded=excluded)
+    ref = _reference_prune_excluded(vals, REG, fraction, excluded_np)
+    got = dict(out.named_parameters())
+    for n in REG:
+        np.testing.assert_array_equal(got[n].detach().numpy(), ref[n])
+    assert info.num_regularized == n_counted
+    assert info.num_pruned == math.floor(fraction * n_counted) == sum(info.pruned_per_layer.values())
+    for n, m in excluded.items():
+        assert bool(info.masks[n][m].all())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pruned(model, fraction, excluded=excluded):  # in place, restored
+        for n in REG:
+            np.testing.assert_array_equal(dict(model.named_parameters())[n].detach().numpy(), ref[n])
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_prune_excluded_non_contiguous_weight() -> None:
+    lin = nn.Linear(6, 5, bias=False)
+    with torch.no_grad():
+        lin.weight = nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(5)).t())
+    assert not lin.weight.is_contiguous()
+    mask = torch.zeros(5, 6, dtype=torch.bool)
+    mask[:, 0] = True
+    vals = {"weight": lin.weight.detach().numpy().copy()}
+    out, _ = prune_by_magnitude(lin, 0.5, excluded={"weight": mask})
+    ref = _reference_prune_excluded(vals, ["weight"], 0.5, {"weight": mask.numpy()})
+    np.testing.assert_array_equal(out.weight.detach().numpy(), ref["weight"])
+
+
+def test_prune_excluded_bad_input() -> None:
+    with pytest.raises(ValueError, match="`excluded` names .*fc1.bias"):
+        prune_by_magnitude(Tiny(), 0.5, excluded={"fc1.bias": torch.zeros(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"`excluded\['fc2.weight'\]` must be a bool mask of shape \(2, 3\)"):
+        prune_by_magnitude(Tiny(), 0.5, excluded={"fc2.weight": torch.zeros(3, 2, dtype=torch.bool)})
+
+
+def test_prune_curve_with_excluded_counts_only_the_rest() -> None:
+    g = torch.Generator().manual_seed(6)
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    dead = torch.zeros(20, 30, dtype=torch.bool)
+    dead[:, :10] = True  # 200 of the 800 regularized entries
+
+    def zeros_among_counted(m: nn.Module) -> float:
+        ps = dict(m.named_parameters())
+        assert int((ps["0.weight"][dead] != 0).sum()) == 0  # excluded: zero at every level
+        return 100.0 * (int((ps["0.weight"][~dead] == 0).sum()) + int((ps["1.weight"] == 0).sum())) / 600
+
+    curve = prune_curve(model, zeros_among_counted, fractions=(0.0, 0.5, 0.9), excluded={"0.weight": dead})
+    for row in curve:
+        assert row["metric"] == pytest.approx(100.0 * math.floor(row["fraction"] * 600) / 600)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
 def test_sparsity_at_max_loss() -> None:
     def c(pairs):
         return [{"fraction": f, "metric": m} for f, m in pairs]
