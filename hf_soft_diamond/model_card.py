@@ -10,8 +10,10 @@ Keys read from ``results`` (all optional except the task metric):
 * ``task``: ``"translation"`` or ``"image-classification"``;
 * ``test_bleu``, ``test_bleu_signature``, ``test_chrf`` or ``test_accuracy`` (percent);
   ``eval_``-prefixed metrics are used when no ``test_`` ones exist;
-* ``sparsity``: ``{"regularized": {tau: fraction}, "all": {tau: fraction}}``;
+* ``sparsity``: ``{"regularized": {tau: fraction}, "all": {tau: fraction}}``, optionally
+  ``"live"`` (the regularized weights that are not padding-only convolution taps);
 * ``prune_curve``: ``[{"fraction": f, "metric": m}, ...]`` and ``sparsity_at_1pt_loss``;
+  optionally ``prune_curve_live`` (fractions of the live weights);
 * ``regularizer``: the regularizer's hyperparameters (``Regularizer.hparams()``);
 * ``dataset_name``, ``dataset_config_name``, ``dataset_split``, ``language_pair``;
 * ``training``: the recipe (optimizer, learning rate, schedule, steps, batch, seed ...).
@@ -110,7 +112,8 @@ def render_model_card(
     sparsity = results.get("sparsity") or {}
     taus = sorted({tau for group in sparsity.values() for tau in group}, key=float)
     sparsity_rows = []
-    for group, label in (("regularized", "regularized"), ("all", "all")):
+    for group, label in (("regularized", "regularized"), ("live", "live (regularized, not padding-only)"),
+                         ("all", "all")):
         if group in sparsity:
             sparsity_rows.append({"name": label,
                                   "values": [f"{100 * float(sparsity[group].get(t, float('nan'))):.2f}%"
@@ -124,7 +127,9 @@ def render_model_card(
                         metric_value=round(float(sparsity[group][t]), 6)))
 
     curve = results.get("prune_curve") or []
-    prune_rows = [{"fraction": f"{100 * float(p['fraction']):.0f}%", "metric": _fmt(float(p["metric"]))}
+    live_curve = {float(p["fraction"]): float(p["metric"]) for p in results.get("prune_curve_live") or []}
+    prune_rows = [{"fraction": f"{100 * float(p['fraction']):.0f}%", "metric": _fmt(float(p["metric"])),
+                   "live": _fmt(live_curve[float(p["fraction"])]) if float(p["fraction"]) in live_curve else "n/a"}
                   for p in curve]
     at_loss = results.get("sparsity_at_1pt_loss")
     unpruned = next((float(p["metric"]) for p in curve if float(p["fraction"]) == 0.0), None)
@@ -167,6 +172,9 @@ def render_model_card(
         sparsity_taus=taus,
         sparsity_rows=sparsity_rows,
         prune_rows=prune_rows,
+        prune_live=bool(live_curve),
+        live_weights=f"{results['sparsity_numel']['live']:,} of {results['sparsity_numel']['regularized']:,}"
+        if "live" in (results.get("sparsity_numel") or {}) and "regularized" in results["sparsity_numel"] else None,
         sparsity_at_loss=None if at_loss is None else f"{100 * float(at_loss):.0f}%",
         prune_caveat=prune_caveat,
         plots=[{"path": str(p), "title": Path(p).stem.replace("_", " ")} for p in plots],

@@ -139,3 +139,19 @@ def test_image_card_and_missing_metric():
     assert "arXiv:2404.10824" in card.text
     with pytest.raises(ValueError, match="no task metric"):
         render_model_card({"task": "translation"}, model_name="x")
+
+
+def test_image_card_reports_live_sparsity_and_live_prune_curve():
+    results = {"task": "image-classification", "test_accuracy": 91.25, "regularizer": {"regularizer": "l1"},
+               "sparsity": {"regularized": {"1e-08": 0.6, "1e-03": 0.7}, "live": {"1e-08": 0.1, "1e-03": 0.3}},
+               "sparsity_numel": {"regularized": 1226784, "live": 538656},
+               "prune_curve": [{"fraction": 0.0, "metric": 91.25}, {"fraction": 0.9, "metric": 80.0}],
+               "prune_curve_live": [{"fraction": 0.0, "metric": 91.25}, {"fraction": 0.9, "metric": 60.5}]}
+    card = render_model_card(results, model_name="resnet-l1")
+    values = {r.metric_name: r.metric_value for r in card.data.eval_results if r.metric_type == "sparsity"}
+    assert values["sparsity live |w|<=1e-03"] == 0.3 and values["sparsity regularized |w|<=1e-03"] == 0.7
+    assert "| live (regularized, not padding-only) | 10.00% | 30.00% |" in card.text
+    assert "538,656 of 1,226,784 regularized weights are live" in card.text
+    assert "| 90% | 80.00 | 60.50 |" in card.text  # the live column beside the all-weights one
+    plain = render_model_card({k: v for k, v in results.items() if k != "prune_curve_live"}, model_name="x")
+    assert "| 90% | 80.00 |\n" in plain.text and "live weights pruned" not in plain.text

@@ -387,7 +387,9 @@ def finish_run(
     model card; prints ``summary(results)`` on the main process; pushes to the Hub with
     ``push_to_hub``. Only the main process writes. With ``example_input`` (a model input of
     the run's shape) the sparsity is also given over the regularized weights that are not
-    padding-only (``sparsity["live"]``, :mod:`hf_soft_diamond.padding_taps`).
+    padding-only (``sparsity["live"]``, :mod:`hf_soft_diamond.padding_taps`), and so is the prune
+    curve (``prune_curve_live``: fractions of the live weights, the padding-only taps zeroed at
+    every level, which changes no output; the same curve when there are none).
     """
     from ...model_card import render_model_card
     from ...pruning import prune_curve, sparsity_at_max_loss
@@ -409,10 +411,12 @@ def finish_run(
     results["sparsity"] = {"regularized": sparsity["regularized"], "all": sparsity["all"]}
     results["sparsity_numel"] = sparsity["numel"]
     params = dict(model.named_parameters())
+    dead: dict[str, torch.Tensor] = {}
     if example_input is not None:
         from ...padding_taps import live_sparsity, padding_only_taps
 
-        dead = padding_only_taps(model, example_input.to(next(model.parameters()).device))
+        dead = {n: m for n, m in padding_only_taps(model, example_input.to(next(model.parameters()).device)).items()
+                if n in regularized_names and bool(m.any())}
         results["sparsity"]["live"], results["sparsity_numel"]["live"] = live_sparsity(
             [(n, params[n]) for n in regularized_names if n in params], dead, thresholds)
     if evaluate_fn is not None and prune_fractions:
@@ -420,6 +424,11 @@ def finish_run(
                             regularized_names=list(regularized_names))
         results["prune_curve"] = [{"fraction": float(p["fraction"]), "metric": float(p["metric"])} for p in curve]
         results["sparsity_at_1pt_loss"] = sparsity_at_max_loss(curve, max_loss=1.0)
+        if example_input is not None:  # the fractions of the live weights, padding-only taps zeroed
+            live_curve = prune_curve(model, evaluate_fn, fractions=tuple(prune_fractions),
+                                     regularized_names=list(regularized_names), excluded=dead) if dead else curve
+            results["prune_curve_live"] = [{"fraction": float(p["fraction"]), "metric": float(p["metric"])}
+                                           for p in live_curve]
     results["wall_time_s"] = time.perf_counter() - start_time
     if is_main_process:
         plots_dir = output_dir / "plots"
@@ -466,10 +475,15 @@ def summary_lines(results: dict[str, Any], *, metric_name: str, prune_note: str 
         line += f"; |w| <= tau among {numel:,} regularized weights: " + ", ".join(
             f"{tau}: {100 * frac:.1f}%" for tau, frac in sparsity.items())
     lines = [line]
-    curve = results.get("prune_curve")
-    if curve:
-        lines.append(f"  prune curve (fraction pruned: {metric_name}{prune_note}): "
-                     + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
+    live, live_numel = results.get("sparsity", {}).get("live"), results.get("sparsity_numel", {}).get("live")
+    if live and live_numel is not None and live_numel != numel:
+        lines.append(f"  live (not padding-only) {live_numel:,} of them: "
+                     + ", ".join(f"{tau}: {100 * frac:.1f}%" for tau, frac in live.items()))
+    for key, what in (("prune_curve", "fraction pruned"), ("prune_curve_live", "fraction of the live weights pruned")):
+        curve = results.get(key)
+        if curve and (key == "prune_curve" or curve != results.get("prune_curve")):
+            lines.append(f"  prune curve ({what}: {metric_name}{prune_note}): "
+                         + "  ".join(f"{p['fraction']:.2f}: {p['metric']:.1f}" for p in curve))
     return lines
 
 
