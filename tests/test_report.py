@@ -287,6 +287,51 @@ def test_live_sparsity_is_judged_on_the_live_weights_only(tmp_path):
         report.metric_spec("image", "live_sparsity@many")
 
 
+def _image_run(accuracy: float, live_small: float, curve: dict, live_curve: dict | None) -> dict:
+    """An image run whose padding-only half of the weights is zero (regularized sparsity 0.5 + live / 2)."""
+    results = _results("test", 0.0, 0.5 + live_small / 2, curve, task="image")
+    results["test_accuracy"] = accuracy
+    results["sparsity"]["live"] = {"1e-08": 0.0, "1e-03": live_small, "1e-02": live_small}
+    if live_curve is not None:
+        results["prune_curve_live"] = [{"fraction": f, "metric": m} for f, m in live_curve.items()]
+    return results
+
+
+def test_live_pruned_reads_the_prune_curve_of_the_live_weights(tmp_path):
+    """At 90% of all weights pruned both arms look alike (the padding-only half goes first); pruning
+    80% of the live weights separates them: live_pruned@ reads prune_curve_live, pruned@ prune_curve."""
+    runs = {}
+    for seed in (1, 2, 3):
+        runs[("final", "none", seed)] = _image_run(90.0, 0.0, {0.0: 90.0, 0.9: 80.0}, {0.0: 90.0, 0.8: 40.0 + seed})
+        runs[("final", "prior", seed)] = _image_run(90.0, 0.6, {0.0: 90.0, 0.9: 80.5}, {0.0: 90.0, 0.8: 85.0 + seed})
+    study = report.load_study(_write_study(tmp_path / "study", runs))
+    spec = report.metric_spec("image", "live_pruned@0.8")
+    assert spec.label == "accuracy at 80% of live pruned"
+    assert report.per_seed(study, "image", "final/prior", spec) == {1: 86.0, 2: 87.0, 3: 88.0}
+    assert report.per_seed(study, "image", "final/prior", report.metric_spec("image", "pruned@0.9")) == \
+        {1: 80.5, 2: 80.5, 3: 80.5}
+    claims = {"claims": [{"claim": "c", "metric": "live_pruned@0.8", "comparisons": [["final/prior", "final/none"]]}]}
+    (result,) = report.evaluate_claims(study, claims)
+    assert result.verdict == stats.SUPPORTED and result.comparisons[0].difference.mean == pytest.approx(45.0)
+    header = report.stage_table(study, "final", "image").splitlines()[2]
+    assert "accuracy at 90% pruned" in header and "accuracy at 80% of live pruned" in header
+    with pytest.raises(ValueError, match=r"after 'live_pruned@' must be in \[0, 1\)"):
+        report.metric_spec("image", "live_pruned@1.2")
+
+
+def test_frontier_is_drawn_over_the_live_weights_when_every_run_records_them(tmp_path):
+    runs = {("final", "a", 1): _image_run(90.0, 0.6, {0.0: 90.0, 0.9: 85.0}, {0.0: 90.0, 0.5: 89.0, 0.7: 80.0})}
+    study = report.load_study(_write_study(tmp_path / "s", runs))
+    assert report.measures_live_weights(study, "final")
+    series = report.frontier_series(study, "final", "image", live=True)["a"]
+    assert series["sparsity"] == pytest.approx(60.0)  # live: 60%; all regularized: 80%
+    assert series["curve"] == pytest.approx([(60.0, 90.0), (60.0, 89.0), (70.0, 80.0)])
+    assert report.frontier_series(study, "final", "image")["a"]["sparsity"] == pytest.approx(80.0)
+    runs[("final", "b", 1)] = _image_run(90.0, 0.1, {0.0: 90.0}, None)  # one run without the live curve
+    study = report.load_study(_write_study(tmp_path / "t", runs))
+    assert not report.measures_live_weights(study, "final")
+
+
 def test_the_shipped_image_study_records_are_read_as_image_runs():
     """Image runs record task 'image-classification' (the pipeline name); the report reads them as the
     image task, and its tuning table holds each run's accuracy and live sparsity as recorded."""

@@ -183,9 +183,25 @@ def test_results_keep_every_validation_evaluation_of_the_run(tmp_path):
     assert 0 < results["sparsity_numel"]["live"] < results["sparsity_numel"]["regularized"]
 
 
-def test_backfill_gives_an_older_record_the_live_sparsity_a_run_writes(tmp_path, monkeypatch, capsys):
-    """scripts/backfill_live_sparsity.py on a run whose results lack sparsity["live"] (as runs recorded
-    before it had them): rebuilt from the saved weights, the figures the run itself wrote come back."""
+def test_image_run_writes_the_prune_curve_of_the_live_weights(tmp_path, capsys):
+    """prune_curve_live: the fractions are of the live weights, the padding-only taps zeroed; zeroing
+    them alone (fraction 0) changes no prediction, so its accuracy is the unpruned one."""
+    pytest.importorskip("sklearn")
+    from hf_soft_diamond.tasks.run.image import main
+
+    results = main(_flags(image_config(tmp_path / "run", max_steps=4, prune_fractions=[0.0, 0.5, 0.9])))
+    assert 0 < results["sparsity_numel"]["live"] < results["sparsity_numel"]["regularized"]  # digits: 8x8
+    live = {p["fraction"]: p["metric"] for p in results["prune_curve_live"]}
+    every = {p["fraction"]: p["metric"] for p in results["prune_curve"]}
+    assert list(live) == list(every) == [0.0, 0.5, 0.9]
+    assert live[0.0] == every[0.0]
+    assert "prune curve (fraction of the live weights pruned" in capsys.readouterr().out
+
+
+def test_backfill_gives_an_older_record_the_live_figures_a_run_writes(tmp_path, monkeypatch, capsys):
+    """scripts/backfill_live_sparsity.py on a run whose results lack sparsity["live"] and
+    prune_curve_live (as runs recorded before they had them): from the saved weights, the figures
+    the run itself wrote come back; a run whose prune curve cannot be reproduced is left alone."""
     pytest.importorskip("sklearn")
     import importlib.util
     import shutil
@@ -193,7 +209,7 @@ def test_backfill_gives_an_older_record_the_live_sparsity_a_run_writes(tmp_path,
     from hf_soft_diamond.tasks.run.image import main
 
     out = tmp_path / "runs" / "tune" / "arm" / "seed1"
-    config = image_config(out, max_steps=4, final_split="validation", prune_fractions=[])
+    config = image_config(out, max_steps=4, final_split="validation", prune_fractions=[0.0, 0.5, 0.9])
     main(_flags(config))
     (out / "run_config.json").write_text(json.dumps(config))  # what compare_regularizers writes for a run
     written = json.loads((out / "all_results.json").read_text())
@@ -201,20 +217,34 @@ def test_backfill_gives_an_older_record_the_live_sparsity_a_run_writes(tmp_path,
     record.mkdir(parents=True)
     for path in (out / "all_results.json", record / "all_results.json"):
         older = json.loads(json.dumps(written))
-        del older["sparsity"]["live"], older["sparsity_numel"]["live"]
+        del older["sparsity"]["live"], older["sparsity_numel"]["live"], older["prune_curve_live"]
         path.write_text(json.dumps(older))
     shutil.copy(out / "run_config.json", record / "run_config.json")
     spec = importlib.util.spec_from_file_location("backfill", REPO / "scripts" / "backfill_live_sparsity.py")
     backfill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(backfill)
     monkeypatch.setattr("sys.argv", ["backfill", str(tmp_path / "runs"), str(tmp_path / "record")])
+    backfill.main()  # without --prune_curve: the sparsity only
+    assert "prune_curve_live" not in json.loads((out / "all_results.json").read_text())
+    tampered = json.loads((out / "all_results.json").read_text())
+    tampered["prune_curve"][-1]["metric"] += 5.0  # not what these weights give
+    (out / "all_results.json").write_text(json.dumps(tampered))
+    monkeypatch.setattr("sys.argv", ["backfill", str(tmp_path / "runs"), str(tmp_path / "record"), "--prune_curve"])
+    backfill.main()
+    assert "prune_curve_live" not in json.loads((out / "all_results.json").read_text())
+    assert "left alone: evaluated again, its prune curve differs" in capsys.readouterr().out
+    tampered["prune_curve"][-1]["metric"] -= 5.0
+    (out / "all_results.json").write_text(json.dumps(tampered))
     backfill.main()
     for path in (out / "all_results.json", record / "all_results.json"):
         restored = json.loads(path.read_text())
         assert restored["sparsity_numel"]["live"] == written["sparsity_numel"]["live"]
         assert restored["sparsity"]["live"] == pytest.approx(written["sparsity"]["live"], abs=1e-12)
+        assert [p["fraction"] for p in restored["prune_curve_live"]] == [0.0, 0.5, 0.9]
+        assert [p["metric"] for p in restored["prune_curve_live"]] == pytest.approx(
+            [p["metric"] for p in written["prune_curve_live"]], abs=1e-9)
     backfill.main()  # already there: left alone
-    assert capsys.readouterr().out.count("live") == 1
+    assert capsys.readouterr().out.count("prune curve of the live weights") == 1
 
 
 @pytest.mark.slow
@@ -491,6 +521,29 @@ def test_sparsest_within_keeps_the_sparsest_point_no_worse_than_one_point_below_
     del summary["none"]
     assert sparsest_within(summary, {"l1": arms["l1"]})["l1"]["reg_strength"] == 4
     assert sparsest_within(summary, {"l1": arms["l1"]}, max_loss=1.6)["l1"]["reg_strength"] == 1
+
+
+def test_sparsest_within_counts_the_live_weights_when_every_run_records_them():
+    """Two L1 points: the stronger zeroes the padding-only taps (more regularized weights small) but
+    fewer live ones. Over the live weights the weaker point is the sparser; a summary where one run
+    lacks the live figures falls back to all regularized weights."""
+    from hf_soft_diamond.tasks.run.compare import aggregate, expand_grid, sparsest_within
+
+    arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2]}}}
+    names = list(expand_grid(arms))
+    # (accuracy, regularized <= 1e-3, live <= 1e-3), two seeds each
+    rows = {names[0]: [(90.0, 0.02, 0.01), (90.2, 0.02, 0.01)], names[1]: [(89.6, 0.50, 0.40), (89.8, 0.52, 0.44)],
+            names[2]: [(89.5, 0.70, 0.30), (89.7, 0.72, 0.32)]}
+    runs = {name: [{"test_accuracy": acc, "sparsity": {"regularized": {"1e-03": reg}, "live": {"1e-03": live}}}
+                   for acc, reg, live in seeds] for name, seeds in rows.items()}
+    summary = aggregate(runs, "image")
+    assert summary[names[1]]["live_sparsity"]["1e-03"] == pytest.approx((0.42, math.sqrt(0.0008)))
+    assert summary[names[2]]["sparsity"]["1e-03"][0] == pytest.approx(0.71)
+    assert sparsest_within(summary, arms)["l1"]["reg_strength"] == 1  # live 42% beats 31%
+    del runs[names[0]][1]["sparsity"]["live"]
+    summary = aggregate(runs, "image")
+    assert summary[names[0]]["live_sparsity"] == {}
+    assert sparsest_within(summary, arms)["l1"]["reg_strength"] == 2  # regularized 71% beats 51%
 
 
 @pytest.mark.slow

@@ -230,7 +230,7 @@ def frontier_zoom(series: Mapping[str, Mapping[str, object]], zoom: float = 0.2,
 
 
 def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, *, metric_name: str = "metric",
-                  title: str | None = None, zoom: float = 0.2) -> Path:
+                  title: str | None = None, zoom: float = 0.2, weights: str = "regularized weights") -> Path:
     """Metric against sparsity for every arm of a study stage, one figure in two panels.
 
     ``series``: arm -> ``{"sparsity": percent of regularized weights <= 1e-3, "metric": an
@@ -242,7 +242,8 @@ def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, 
     apart; a note counts the arms below it. Right, the same markers with a dashed line through
     each arm's prune curve (metric on the prune subset) over the whole 0-100% range. Arms of
     one family (the name before ``[``, a grid) share a colour and marker. Up and to the
-    right is better.
+    right is better. ``weights`` names what the sparsity is a fraction of (the x axes), e.g.
+    ``"live regularized weights"`` for a series measured over the live weights.
     """
     if not series:
         raise ValueError("`series` is empty: nothing to plot")
@@ -273,9 +274,9 @@ def plot_frontier(series: Mapping[str, Mapping[str, object]], path: str | Path, 
     if hidden:
         trained.text(0.99, 0.01, f"{hidden} arm{'s' if hidden > 1 else ''} below {floor:.3g}: right panel",
                      transform=trained.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
-    trained.set_xlabel("regularized weights with |w| ≤ 1e-3 (%)")
+    trained.set_xlabel(f"{weights} with |w| ≤ 1e-3 (%)")
     trained.set_title("as trained (error bars: 95% CI over seeds)", fontsize=9)
-    pruned.set_xlabel("regularized weights with |w| ≤ 1e-3 (%); dashed: after magnitude pruning")
+    pruned.set_xlabel(f"{weights} with |w| ≤ 1e-3 (%); dashed: after magnitude pruning")
     pruned.set_title("and after magnitude pruning (prune subset)", fontsize=9)
     pruned.set_xlim(-2, 102)
     for ax in (trained, pruned):

@@ -27,7 +27,8 @@ validation split only (``final_split: validation``; the test split is never read
 ``best_arms.json`` keeps, per arm, the grid point with the best mean validation metric:
 an arms file for the final runs on the test split (``--split test``, the default);
 ``sparsest_arms.json`` the grid point with the most weights at ``|w| <= 1e-3`` among those
-within 1 point of the ``none`` arm (:func:`sparsest_within`; ``--tolerance``).
+within 1 point of the ``none`` arm (:func:`sparsest_within`; ``--tolerance``; counted over the
+live weights when the runs record them: image runs, :mod:`hf_soft_diamond.padding_taps`).
 
 ``--metric`` chooses what ranks the grid points and heads the table: the task's headline
 metric by default (BLEU, accuracy), or any other the runs report (:data:`TASK_METRICS`:
@@ -153,7 +154,9 @@ def sparsest_within(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str,
     """Per arm: the grid point with the most weights at ``|w| <= tau`` among those whose mean
     metric is at most ``max_loss`` worse than the reference arm's (``reference``, or the best
     grid point overall when there is no such arm). Arms with no such point are left out.
-    ``higher_is_better`` False for a loss (worse = higher).
+    ``higher_is_better`` False for a loss (worse = higher). The weights counted are the live
+    ones (``live_sparsity``: not padding-only) when every run of the summary records them, so
+    that zeros no input could ever move do not choose the point; else all regularized ones.
 
     The papers' claim is accuracy *and* sparsity; :func:`best_of_grid` picks accuracy alone,
     which at one seed is often a coin toss between settings within noise of each other.
@@ -163,7 +166,8 @@ def sparsest_within(summary: Mapping[str, Mapping[str, Any]], arms: Mapping[str,
         floor = sign * summary[reference]["metric"][0] - max_loss
     else:
         floor = max(sign * s["metric"][0] for s in summary.values() if not math.isnan(s["metric"][0])) - max_loss
-    return _pick_per_arm(summary, arms, lambda entry: entry["sparsity"].get(tau, (math.nan,))[0]
+    group = "live_sparsity" if all(entry.get("live_sparsity") for entry in summary.values()) else "sparsity"
+    return _pick_per_arm(summary, arms, lambda entry: entry[group].get(tau, (math.nan,))[0]
                          if sign * entry["metric"][0] >= floor else None)
 
 
@@ -195,6 +199,9 @@ def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]], task: str, split:
                         for name in TASK_METRICS[task]},
             "sparsity": {t: _mean_std([r["sparsity"]["regularized"].get(t, float("nan")) for r in results])
                          for t in taus},
+            # over the live weights (not padding-only), where every run of the arm records them
+            "live_sparsity": {t: _mean_std([r["sparsity"]["live"].get(t, float("nan")) for r in results])
+                              for t in taus} if all("live" in (r.get("sparsity") or {}) for r in results) else {},
             "sparsity_at_1pt_loss": _mean_std([r.get("sparsity_at_1pt_loss", float("nan")) for r in results]),
             "wall_time_s": _mean_std([r.get("wall_time_s", r.get("train_runtime", float("nan"))) for r in results]),
         }

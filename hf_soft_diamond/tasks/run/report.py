@@ -26,7 +26,9 @@ Each comparison names two arms as ``stage/arm``. ``metric`` is one of the task's
 weights at ``|w| <= tau``, e.g. ``sparsity@1e-03``), ``live_sparsity@<tau>`` (the same over the
 regularized weights that are not padding-only, :mod:`hf_soft_diamond.padding_taps`; runs that
 record ``sparsity["live"]``), ``pruned@<fraction>`` (the metric after
-magnitude pruning that fraction, from the prune curve, e.g. ``pruned@0.7``) or
+magnitude pruning that fraction, from the prune curve, e.g. ``pruned@0.7``),
+``live_pruned@<fraction>`` (the same with the fraction of the live weights, the padding-only
+taps zeroed: ``prune_curve_live``) or
 ``sparsity_at_1pt_loss`` (percent prunable for at most one point of the metric). ``margin``
 (default 0) turns "better" into "at most ``margin`` worse"; ``note`` (optional) is shown beside
 the verdict. A claim's verdict is its
@@ -101,26 +103,41 @@ def _split_of(results: Mapping[str, Any]) -> str:
     return split if split in SPLIT_PREFIX else "test"
 
 
+#: Results keys of the weights a figure is measured over: all regularized ones, or the live ones
+#: (not padding-only, :mod:`hf_soft_diamond.padding_taps`).
+_SPARSITY_GROUP = {False: "regularized", True: "live"}
+_PRUNE_CURVE = {False: "prune_curve", True: "prune_curve_live"}
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """How to read one metric from a run's results, its label and direction."""
+    """How to read one metric from a run's results, its label and direction.
+
+    ``kind``: ``"task"`` (a metric of the task, e.g. ``bleu``), ``"sparsity"`` (percent at
+    ``|w| <= tau``; ``threshold`` is the tau as the results spell it), ``"pruned"`` (the
+    metric after pruning ``fraction``) or ``"at_loss"`` (``sparsity_at_1pt_loss``); ``live``:
+    over the live weights (``sparsity["live"]``, ``prune_curve_live``) instead of all
+    regularized ones.
+    """
 
     name: str
     label: str
     higher_is_better: bool
+    kind: str = "task"
+    live: bool = False
+    threshold: str = ""
+    fraction: float = math.nan
 
     def value(self, task: str, results: Mapping[str, Any]) -> float:
         """The metric of one run (NaN when the run does not report it)."""
-        if self.name.startswith(("sparsity@", "live_sparsity@")):
-            group = "live" if self.name.startswith("live_") else "regularized"
-            tau = self.name.split("@", 1)[1]
-            return 100.0 * float((results.get("sparsity") or {}).get(group, {}).get(tau, math.nan))
-        if self.name.startswith("pruned@"):
-            fraction = float(self.name.split("@", 1)[1])
-            hits = [p["metric"] for p in results.get("prune_curve") or []
-                    if math.isclose(float(p["fraction"]), fraction)]
+        if self.kind == "sparsity":
+            group = (results.get("sparsity") or {}).get(_SPARSITY_GROUP[self.live], {})
+            return 100.0 * float(group.get(self.threshold, math.nan))
+        if self.kind == "pruned":
+            hits = [p["metric"] for p in results.get(_PRUNE_CURVE[self.live]) or []
+                    if math.isclose(float(p["fraction"]), self.fraction)]
             return float(hits[0]) if hits else math.nan
-        if self.name == "sparsity_at_1pt_loss":
+        if self.kind == "at_loss":
             return 100.0 * float(results.get("sparsity_at_1pt_loss", math.nan))
         return float(results.get(metric_key(task, _split_of(results), self.name), math.nan))
 
@@ -133,25 +150,28 @@ def metric_spec(task: str, name: str) -> MetricSpec:
         label, higher = TASK_METRICS[task][name]
         return MetricSpec(name, label, higher)
     headline = TASK_METRIC[task][1].split(" ")[0]
-    if name.startswith(("sparsity@", "live_sparsity@")):
-        prefix, tau = name.split("@", 1)
+    prefix, _, argument = name.partition("@")
+    live = prefix.startswith("live_")
+    if prefix in ("sparsity", "live_sparsity"):
         try:
-            float(tau)
+            float(argument)
         except ValueError:
             raise ValueError(f"metric {name!r}: the threshold after '{prefix}@' must be a number like 1e-03") from None
-        return MetricSpec(name, f"≤ {tau}{', live' if prefix == 'live_sparsity' else ''} (%)", True)
-    if name.startswith("pruned@"):
+        label = f"≤ {argument}{', live' if live else ''} (%)"
+        return MetricSpec(name, label, True, "sparsity", live, threshold=argument)
+    if prefix in ("pruned", "live_pruned"):
         try:
-            fraction = float(name.split("@", 1)[1])
+            fraction = float(argument)
         except ValueError:
             fraction = math.nan
         if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"metric {name!r}: the fraction after 'pruned@' must be in [0, 1), e.g. pruned@0.7")
-        return MetricSpec(name, f"{headline} at {100 * fraction:g}% pruned", True)
+            raise ValueError(f"metric {name!r}: the fraction after '{prefix}@' must be in [0, 1), e.g. {prefix}@0.7")
+        return MetricSpec(name, f"{headline} at {100 * fraction:g}% {'of live ' if live else ''}pruned", True,
+                          "pruned", live, fraction=fraction)
     if name == "sparsity_at_1pt_loss":
-        return MetricSpec(name, f"prunable at ≤ 1 pt {headline} loss (%)", True)
+        return MetricSpec(name, f"prunable at ≤ 1 pt {headline} loss (%)", True, "at_loss")
     allowed = sorted(TASK_METRICS[task]) + ["sparsity@<tau>", "live_sparsity@<tau>", "pruned@<fraction>",
-                                            "sparsity_at_1pt_loss"]
+                                            "live_pruned@<fraction>", "sparsity_at_1pt_loss"]
     raise ValueError(f"`metric` must be one of {allowed} for task {task!r}, got {name!r}.")
 
 
@@ -275,9 +295,10 @@ def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -
     columns += [metric_spec(task, "sparsity@1e-08"), metric_spec(task, "sparsity@1e-03")]
     if any("live" in (r.get("sparsity") or {}) for seeds in study[stage].values() for r in seeds.values()):
         columns += [metric_spec(task, "live_sparsity@1e-08"), metric_spec(task, "live_sparsity@1e-03")]
-    fractions = sorted({float(p["fraction"]) for seeds in study[stage].values() for r in seeds.values()
-                        for p in r.get("prune_curve") or [] if float(p["fraction"]) > 0})
-    columns += [metric_spec(task, f"pruned@{f:g}") for f in fractions]
+    for prefix, key in (("pruned", "prune_curve"), ("live_pruned", "prune_curve_live")):
+        fractions = sorted({float(p["fraction"]) for seeds in study[stage].values() for r in seeds.values()
+                            for p in r.get(key) or [] if float(p["fraction"]) > 0})
+        columns += [metric_spec(task, f"{prefix}@{f:g}") for f in fractions]
     pct = round(100 * confidence)
     head = ["arm", "seeds"] + [c.label for c in columns]
     lines = [f"Values: mean [{pct}% CI] over seeds (one seed: the value).", "",
@@ -288,7 +309,7 @@ def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -
         row = [arm, ", ".join(map(str, sorted(seeds)))]
         for spec in columns:
             values = [v for v in (spec.value(task, r) for r in seeds.values()) if not math.isnan(v)]
-            digits = 3 if spec.name == "loss" else (1 if spec.name.startswith(("sparsity", "live_sparsity")) else 2)
+            digits = 3 if spec.name == "loss" else (1 if spec.kind == "sparsity" else 2)
             row.append(_fmt_interval(stats.mean_interval(values, confidence), digits) if values else "-")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -318,27 +339,36 @@ def claims_table(results: Sequence[ClaimResult], confidence: float = 0.95) -> st
     return "\n".join(lines) + "\n"
 
 
-def frontier_series(study: Study, stage: str, task: str) -> dict[str, dict[str, Any]]:
+def measures_live_weights(study: Study, stage: str) -> bool:
+    """Whether every run of ``stage`` records its sparsity and prune curve over the live weights
+    (``sparsity["live"]`` and ``prune_curve_live``), so that the stage can be read on them."""
+    runs = [r for seeds in study[stage].values() for r in seeds.values()]
+    return bool(runs) and all("live" in (r.get("sparsity") or {}) and r.get("prune_curve_live") for r in runs)
+
+
+def frontier_series(study: Study, stage: str, task: str, live: bool = False) -> dict[str, dict[str, Any]]:
     """Per arm of ``stage``: the point (sparsity ≤ 1e-3 in %, metric interval on the whole split) and
     the prune curve as (percent of weights ≤ 1e-3 after pruning, metric) averaged over seeds.
+    ``live``: both over the live weights (``sparsity["live"]``, ``prune_curve_live``).
 
     After pruning a fraction f by magnitude, the weights at ``|w| <= 1e-3`` are ``max(f, s)`` of
     the whole (s: the run's own fraction below 1e-3), so the prune curve continues the frontier
     from the run's own sparsity; points with f <= s only prune weights that were already tiny.
     """
     spec = metric_spec(task, TASK_METRIC[task][0])
+    group, curve_key = _SPARSITY_GROUP[live], _PRUNE_CURVE[live]
     out: dict[str, dict[str, Any]] = {}
     for arm, seeds in study[stage].items():
         runs = list(seeds.values())
-        sparsity = [float((r.get("sparsity") or {}).get("regularized", {}).get("1e-03", math.nan)) for r in runs]
+        sparsity = [float((r.get("sparsity") or {}).get(group, {}).get("1e-03", math.nan)) for r in runs]
         metric = [spec.value(task, r) for r in runs]
         if any(math.isnan(v) for v in sparsity + metric):
             continue
         curve = []
-        fractions = sorted({float(p["fraction"]) for r in runs for p in r.get("prune_curve") or []})
+        fractions = sorted({float(p["fraction"]) for r in runs for p in r.get(curve_key) or []})
         for f in fractions:
             pts = [(100 * max(f, s), float(p["metric"])) for r, s in zip(runs, sparsity)
-                   for p in r.get("prune_curve") or [] if math.isclose(float(p["fraction"]), f)]
+                   for p in r.get(curve_key) or [] if math.isclose(float(p["fraction"]), f)]
             if len(pts) == len(runs):
                 curve.append((sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)))
         out[arm] = {"sparsity": 100 * sum(sparsity) / len(sparsity), "metric": stats.mean_interval(metric),
@@ -368,11 +398,17 @@ def write_report(study_dir: str | Path, claims: Mapping[str, Any] | None = None,
     for stage in study:
         parts += [f"## Stage `{stage}`: {STAGE_TITLES.get(stage, stage)}", "",
                   stage_table(study, stage, task, confidence)]
-        series = frontier_series(study, stage, task)
+        live = measures_live_weights(study, stage)
+        series = frontier_series(study, stage, task, live=live)
         if series:
             figure = plot_frontier(series, output_dir / f"frontier_{stage}.png", metric_name=label,
-                                   title=f"{label} against sparsity: {Path(study_dir).name}, stage {stage}")
+                                   title=f"{label} against sparsity: {Path(study_dir).name}, stage {stage}",
+                                   weights="live regularized weights" if live else "regularized weights")
             parts += [f"![frontier of stage {stage}]({figure.name})", ""]
+            if live:
+                parts += ["Its sparsity and prune curves are over the live weights (`sparsity[\"live\"]`, "
+                          "`prune_curve_live`: the convolution taps that only ever multiply zero padding "
+                          "left out).", ""]
     path = output_dir / "report.md"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(parts))
