@@ -252,13 +252,18 @@ def test_bad_fraction(bad: object) -> None:
         prune_curve(Tiny(), lambda m: 0.0, fractions=(0.0, bad))  # type: ignore[arg-type]
 
 
-def test_prune_curve_evaluates_pruned_weights_and_restores() -> None:
-    g = torch.Generator().manual_seed(3)
+def _two_random_layers(seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Linear(30->20) -> Linear(20->10) with standard normal parameters, and a copy of them."""
+    g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return model, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_prune_curve_evaluates_pruned_weights_and_restores() -> None:
+    model, before = _two_random_layers(3)
     names = ["0.weight", "1.weight"]
 
     def zero_fraction(m: nn.Module) -> float:  # metric = % of regularized weights that are zero
@@ -341,12 +346,7 @@ def test_prune_excluded_bad_input() -> None:
 
 
 def test_prune_curve_with_excluded_counts_only_the_rest() -> None:
-    g = torch.Generator().manual_seed(6)
-    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, before = _two_random_layers(6)
     dead = torch.zeros(20, 30, dtype=torch.bool)
     dead[:, :10] = True  # 200 of the 800 regularized entries
 
