@@ -314,7 +314,8 @@ def test_live_pruned_reads_the_prune_curve_of_the_live_weights(tmp_path):
     (result,) = report.evaluate_claims(study, claims)
     assert result.verdict == stats.SUPPORTED and result.comparisons[0].difference.mean == pytest.approx(45.0)
     header = report.stage_table(study, "final", "image").splitlines()[2]
-    assert "accuracy at 90% pruned" in header and "accuracy at 80% of live pruned" in header
+    assert "accuracy at 80% of live pruned" in header  # every run has the live curve: its columns only
+    assert "accuracy at 90% pruned" not in header
     with pytest.raises(ValueError, match=r"after 'live_pruned@' must be in \[0, 1\)"):
         report.metric_spec("image", "live_pruned@1.2")
 
@@ -327,9 +328,11 @@ def test_frontier_is_drawn_over_the_live_weights_when_every_run_records_them(tmp
     assert series["sparsity"] == pytest.approx(60.0)  # live: 60%; all regularized: 80%
     assert series["curve"] == pytest.approx([(60.0, 90.0), (60.0, 89.0), (70.0, 80.0)])
     assert report.frontier_series(study, "final", "image")["a"]["sparsity"] == pytest.approx(80.0)
-    runs[("final", "b", 1)] = _image_run(90.0, 0.1, {0.0: 90.0}, None)  # one run without the live curve
+    runs[("final", "b", 1)] = _image_run(90.0, 0.1, {0.0: 90.0, 0.9: 70.0}, None)  # one run without it
     study = report.load_study(_write_study(tmp_path / "t", runs))
     assert not report.measures_live_weights(study, "final")
+    header = report.stage_table(study, "final", "image").splitlines()[2]  # both curves' columns
+    assert "accuracy at 90% pruned" in header and "accuracy at 70% of live pruned" in header
 
 
 def test_the_shipped_image_study_records_are_read_as_image_runs():

@@ -290,18 +290,25 @@ def _fmt_interval(interval: stats.Interval | None, digits: int = 2) -> str:
 
 
 def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -> str:
-    """One stage's arms as a Markdown table: each metric as mean [CI] over the seeds."""
+    """One stage's arms as a Markdown table: each metric as mean [CI] over the seeds.
+
+    The prune columns are those of the live weights when every run records them
+    (:func:`measures_live_weights`; the all-weights curve stays in the results and in claims),
+    else those of every curve the runs record."""
     columns = [metric_spec(task, m) for m in TASK_METRICS[task]]
     columns += [metric_spec(task, "sparsity@1e-08"), metric_spec(task, "sparsity@1e-03")]
     if any("live" in (r.get("sparsity") or {}) for seeds in study[stage].values() for r in seeds.values()):
         columns += [metric_spec(task, "live_sparsity@1e-08"), metric_spec(task, "live_sparsity@1e-03")]
-    for prefix, key in (("pruned", "prune_curve"), ("live_pruned", "prune_curve_live")):
+    curves = (("live_pruned", "prune_curve_live"),) if measures_live_weights(study, stage) else (
+        ("pruned", "prune_curve"), ("live_pruned", "prune_curve_live"))
+    for prefix, key in curves:
         fractions = sorted({float(p["fraction"]) for seeds in study[stage].values() for r in seeds.values()
                             for p in r.get(key) or [] if float(p["fraction"]) > 0})
         columns += [metric_spec(task, f"{prefix}@{f:g}") for f in fractions]
     pct = round(100 * confidence)
     head = ["arm", "seeds"] + [c.label for c in columns]
-    lines = [f"Values: mean [{pct}% CI] over seeds (one seed: the value).", "",
+    lines = [f"Values: mean [{pct}% CI] over seeds (one seed: the value)."
+             + (" Pruned fractions are of the live weights." if curves[0][0] == "live_pruned" else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     arms = sorted(study[stage], key=lambda a: (a != "none", a))  # the unregularized reference first
     for arm in arms:
