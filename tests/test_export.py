@@ -238,6 +238,78 @@ def test_float16_storage_is_smaller_and_loads_as_float32(tmp_path):
         assert got.dtype == expect.dtype and torch.equal(got, expect), name
 
 
+def padding_only_by_gradient(model: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The convolution weight entries no input reaches, found without shape arithmetic: each
+    convolution is fed random inputs of the size reaching it in the model (no zeros, so no dead
+    ReLU can hide a live tap) and its entries with an exactly zero weight gradient are kept."""
+    sizes: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            sizes.setdefault(name, inputs[0].shape)
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(pixel_values=torch.zeros(1, *shape))
+    for hook in hooks:
+        hook.remove()
+    g = torch.Generator().manual_seed(11)
+    modules = dict(model.named_modules())
+    dead = {}
+    for name, size in sizes.items():
+        conv = copy.deepcopy(modules[name])
+        out = conv(torch.rand(4, *size[1:], generator=g) + 0.5)
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        if bool((conv.weight.grad == 0).any()):
+            dead[f"{name}.weight"] = conv.weight.grad == 0
+    return dead
+
+
+def test_live_weights_export_zeroes_the_padding_only_taps_and_prunes_a_fraction_of_the_rest(tmp_path, capsys):
+    live_curve = [{"fraction": 0.0, "metric": 30.0}, {"fraction": 0.5, "metric": 29.6},
+                  {"fraction": 0.7, "metric": 27.0}]
+    run = make_run(tmp_path / "run", tiny_resnet(), image_results(prune_curve_live=live_curve))
+    manifest = export(run, tmp_path / "out", "--prune", "knee", "--weights", "live", "--no_verify")
+    assert manifest["prune"]["fraction"] == 0.5  # the knee of the live curve (CURVE's is 0.9)
+    # reference: the gradient-dead entries zeroed, then floor(0.5 * live) smallest |w| of the rest (no ties)
+    original = tiny_resnet()
+    dead = padding_only_by_gradient(original, (1, 8, 8))
+    params = dict(original.named_parameters())
+    names = simple_names(original)
+    live = torch.cat([params[n].detach()[~dead[n]] if n in dead else params[n].detach().reshape(-1) for n in names])
+    k = math.floor(0.5 * live.numel())
+    kth = torch.kthvalue(live.abs(), k).values
+    n_dead = sum(int(m.sum()) for m in dead.values())
+    assert 0 < n_dead and manifest["prune"]["padding_only_zeroed"] == n_dead
+    assert (manifest["prune"]["num_regularized"], manifest["prune"]["num_pruned"]) == (live.numel(), k)
+    loaded = load_sparse_pretrained(tmp_path / "out")
+    got = dict(loaded.named_parameters())
+    live_pruned = copy.deepcopy(original).eval()  # the live weights pruned, the padding-only ones left as trained
+    with torch.no_grad():
+        for n, p in dict(live_pruned.named_parameters()).items():
+            if n in names:
+                expect = params[n].detach().clone()
+                mask = expect.abs() <= kth
+                if n in dead:
+                    mask &= ~dead[n]
+                expect[mask] = 0.0
+                p.copy_(expect)
+                if n in dead:
+                    expect[dead[n]] = 0.0
+                assert torch.equal(got[n], expect), n
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # zeroing the padding-only taps changed no output
+        torch.testing.assert_close(loaded(pixel_values=x).logits, live_pruned(pixel_values=x).logits,
+                                   rtol=1e-5, atol=1e-6)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "of the live regularized weights" in card and f"{n_dead:,} regularized weights that only ever" in card
+    capsys.readouterr()
+    export(run, tmp_path / "plain", "--prune", "0.5", "--no_verify")  # the default counts every weight, and says so
+    assert "`--weights live` zeroes them" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- verification
 
 
@@ -313,6 +385,8 @@ def _no_work(monkeypatch):
     ("fine", ["--prune", "-0.1"], "--prune"),
     ("fine", ["--prune", "half"], "--prune"),
     ("fine", ["--prune", "knee", "--tolerance", "-1"], "--tolerance"),
+    ("fine", ["--prune", "knee", "--weights", "live"], "prune_curve_live"),
+    ("fine", ["--prune", "0.5", "--weights", "some"], "--weights"),
     ("out_not_empty", ["--prune", "0.5"], "OUT_DIR"),
     ("out_inside_run", ["--prune", "0.5"], "OUT_DIR"),
     ("no_model", ["--prune", "0.5"], "RUN_DIR"),

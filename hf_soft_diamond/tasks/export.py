@@ -14,7 +14,9 @@ and its loader are the library's :mod:`hf_soft_diamond.export`.
    (:func:`hf_soft_diamond.pruning.prune_by_magnitude`: exactly ``floor(f * N)`` of the
    ``N`` regularized entries, the set re-derived with
    :func:`hf_soft_diamond.regularizers.select_parameters` and the run's ``reg_include`` /
-   ``reg_exclude`` / ``reg_include_embeddings``);
+   ``reg_exclude`` / ``reg_include_embeddings``); with ``--weights live`` the convolution taps
+   that only ever multiply zero padding are zeroed first (no output changes) and the fraction
+   is of the other weights, the knee read from ``prune_curve_live``;
 4. writes config, generation config, tokenizer, the weights (format below), a manifest
    ``sparse_export.json`` and a model card ``README.md`` into a temporary folder next to
    ``OUT_DIR``, loads the model back from it, checks that its weights are the pruned
@@ -111,6 +113,19 @@ def regularized_names(model: torch.nn.Module, hparams: Mapping[str, Any] | None)
     kwargs = {"include": hparams.get("reg_include"), "exclude": hparams.get("reg_exclude"),
               "include_embeddings": bool(hparams.get("reg_include_embeddings", True))}
     return [n for n, _ in select_parameters(model, **kwargs)]
+
+
+def padding_only(model: torch.nn.Module, image_shape: Sequence[int] | None,
+                 names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Masks of the regularized convolution taps that only ever multiply zero padding at the run's
+    input size (``image_shape`` ``[C, H, W]``; none for a model without one, e.g. a translator)."""
+    if not image_shape:
+        return {}
+    from ..padding_taps import padding_only_taps
+
+    wanted = set(names)
+    masks = padding_only_taps(model, torch.zeros(1, *[int(d) for d in image_shape]))
+    return {n: m for n, m in masks.items() if n in wanted and bool(m.any())}
 
 
 def parse_prune(value: str | float) -> str | float:
@@ -475,12 +490,21 @@ class ExportPlan:
     task: str
     run_config: dict[str, Any] | None
     run_config_path: Path | None
+    weights: str = "regularized"
+
+
+#: ``--weights``: what the pruned fraction counts. ``live``: the regularized weights other than the
+#: convolution taps that only ever multiply zero padding (:mod:`hf_soft_diamond.padding_taps`), which
+#: are set to zero (no output changes) and left out of the fraction.
+WEIGHTS = ("regularized", "live")
+#: The run's prune curve each ``--weights`` reads the knee from.
+PRUNE_CURVE_OF = {"regularized": "prune_curve", "live": "prune_curve_live"}
 
 
 def plan_export(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, prune: str | float = "knee",
                 tolerance: float = 1.0, fmt: str = "sparse", dtype: str = "float32", split: str = "validation",
                 verify: bool = True, overwrite: bool = False,
-                run_config: str | os.PathLike[str] | None = None) -> ExportPlan:
+                run_config: str | os.PathLike[str] | None = None, weights: str = "regularized") -> ExportPlan:
     """Check every argument and input (no model or data is loaded); raise :class:`ExportError` naming it."""
     run = Path(run_dir)
     if not run.is_dir():
@@ -500,9 +524,15 @@ def plan_export(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         raise ExportError(f"`--tolerance` must be a number of metric points >= 0, got {tolerance!r}") from None
     if not math.isfinite(tol) or tol < 0:
         raise ExportError(f"`--tolerance` must be a number of metric points >= 0, got {tolerance!r}")
+    if weights not in WEIGHTS:
+        raise ExportError(f"`--weights` must be one of {WEIGHTS}, got {weights!r}")
     choice = parse_prune(prune)
     if choice == "knee":
-        curve = results.get("prune_curve")
+        curve = results.get(PRUNE_CURVE_OF[weights])
+        if weights == "live" and not curve and results.get("prune_curve"):
+            raise ExportError(f"`--prune knee --weights live`: RUN_DIR {str(run)!r} records no prune_curve_live "
+                              "(image runs write it since 2026-12-07; `scripts/backfill_live_sparsity.py RUNS "
+                              "--prune_curve` adds it to older ones); give a fraction, or --weights regularized")
         if not curve:
             raise ExportError(f"`--prune knee`: RUN_DIR {str(run)!r} has no prune curve in all_results.json "
                               "(the run had no prune_fractions); give a fraction, e.g. --prune 0.5")
@@ -544,7 +574,7 @@ def plan_export(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         if not isinstance(cfg, dict):
             raise ExportError(f"`--run_config` {str(config_path)!r} must hold a JSON object of the run's arguments")
     return ExportPlan(run, out, results, choice, fraction, tol, fmt, dtype, split, verify, overwrite, task,
-                      cfg, config_path if cfg is not None else None)
+                      cfg, config_path if cfg is not None else None, weights)
 
 
 def _dir_bytes(folder: Path, names: Iterable[str]) -> int:
@@ -621,18 +651,21 @@ def render_export_card(manifest: Mapping[str, Any], model_name: str) -> str:
         model_name=model_name, language=["de", "en"] if task == "translation" else None, license="apache-2.0",
         library_name="transformers", pipeline_tag="translation" if task == "translation" else "image-classification",
         tags=["hf-soft-diamond", "pruned", "sparse", str(reg.get("regularizer", "none"))])
-    how = (f"requested `{prune['requested']}`" + (f" (the knee: the largest fraction of the run's prune curve on its "
-                                                  f"{prune.get('curve_split')} split within {prune['tolerance']:g} "
-                                                  f"point(s) of the unpruned {metric})"
-                                                  if prune["requested"] == "knee" else ""))
+    live = "live " if prune.get("weights") == "live" else ""
+    knee = (f" (the knee: the largest fraction of the run's {live}prune curve on its {prune.get('curve_split')} "
+            f"split within {prune['tolerance']:g} point(s) of the unpruned {metric})")
+    how = f"requested `{prune['requested']}`" + (knee if prune["requested"] == "knee" else "")
     lines = [
         f"# {model_name}", "",
         f"Global magnitude pruning of the regularized weights of the run `{Path(manifest['source_run']).name}` "
         f"(trained with hf_soft_diamond, regularizer `{reg.get('regularizer', 'none')}`), exported with "
         "`hf-soft-diamond export`.", "",
         "| | |", "|---|---|",
-        f"| pruned | {100 * prune['pruned_fraction']:.2f}% of the regularized weights "
+        f"| pruned | {100 * prune['pruned_fraction']:.2f}% of the {live}regularized weights "
         f"({prune['num_pruned']:,} of {prune['num_regularized']:,}; {how}) |",
+        *([f"| padding-only taps | {prune['padding_only_zeroed']:,} regularized weights that only ever multiply zero "
+           "padding at this input size, set to zero (no output changes) and not counted above |"]
+          if prune.get("padding_only_zeroed") else []),
         f"| cut-off magnitude | {prune['threshold']:.3g} |",
         f"| zeros, all parameters | {manifest['zeros']['all_zeros']:,} of {manifest['zeros']['all_numel']:,} "
         f"({100 * manifest['zeros']['all_zeros'] / max(1, manifest['zeros']['all_numel']):.2f}%) |",
@@ -724,11 +757,21 @@ def export_run(plan: ExportPlan, *, data_overrides: Mapping[str, Any] | None = N
         before = evaluate(model)
         log(f"unpruned {plan.split} {'BLEU' if task == 'translation' else 'accuracy'}: {before:.2f} "
             f"({n_examples} examples, {time.perf_counter() - t0:.1f} s)")
-    model, info = prune_by_magnitude(model, plan.fraction, regularized_names=names, inplace=True)
-    log(f"pruned {info.num_pruned} of {info.num_regularized} regularized weights "
-        f"({100 * info.pruned_fraction:.2f}%, |w| <= {info.threshold:.3g})")
+    dead = padding_only(model, results.get("image_shape"), names)
+    n_dead = sum(int(m.sum()) for m in dead.values())
+    if plan.weights == "regularized" and n_dead:
+        nonzero = sum(int((dict(model.named_parameters())[n][m] != 0).sum()) for n, m in dead.items())
+        if nonzero:
+            log(f"note: {nonzero:,} regularized weights are convolution taps that only ever multiply zero padding "
+                "and are not zero; `--weights live` zeroes them (no output changes) and prunes the fraction of "
+                "the live weights")
+    model, info = prune_by_magnitude(model, plan.fraction, regularized_names=names, inplace=True,
+                                     excluded=dead if plan.weights == "live" else None)
+    log(f"pruned {info.num_pruned} of {info.num_regularized} {'live ' if plan.weights == 'live' else ''}"
+        f"regularized weights ({100 * info.pruned_fraction:.2f}%, |w| <= {info.threshold:.3g})"
+        + (f"; zeroed the {n_dead:,} padding-only taps" if plan.weights == "live" else ""))
 
-    curve = results.get("prune_curve") or []
+    curve = results.get(PRUNE_CURVE_OF[plan.weights]) or []
     at = [row for row in curve if float(row["fraction"]) == plan.fraction]
     base = [row for row in curve if float(row["fraction"]) == 0]
     manifest: dict[str, Any] = {
@@ -746,8 +789,10 @@ def export_run(plan: ExportPlan, *, data_overrides: Mapping[str, Any] | None = N
             "curve_split": results.get("dataset_split"),
             "curve_metric": float(at[0]["metric"]) if at else None,
             "curve_baseline": float(base[0]["metric"]) if base else None,
+            "weights": plan.weights,
             "num_regularized": info.num_regularized, "num_pruned": info.num_pruned,
             "pruned_fraction": info.pruned_fraction, "threshold": info.threshold,
+            "padding_only_zeroed": n_dead if plan.weights == "live" else 0,
             "regularized_names": names,
         },
         "zeros": _zero_counts(model, names),
@@ -821,6 +866,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prune", required=True, metavar="{knee,FRACTION}",
                     help="'knee': the largest fraction of the run's prune curve within --tolerance points of the "
                          "unpruned metric; or a fraction of the regularized weights in [0, 1)")
+    ap.add_argument("--weights", default="regularized", choices=WEIGHTS,
+                    help="what the fraction counts: 'regularized' (default) all regularized weights; 'live' those "
+                         "that are not convolution taps only ever multiplying zero padding (image models on small "
+                         "inputs), which are zeroed (no output changes); the knee then reads prune_curve_live")
     ap.add_argument("--tolerance", type=float, default=1.0,
                     help="points of the run's metric (BLEU, accuracy %%) the knee may lose (default 1)")
     ap.add_argument("--format", dest="fmt", default="sparse", choices=FORMATS,
@@ -859,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         plan = plan_export(args.run_dir, args.out_dir, prune=args.prune, tolerance=args.tolerance, fmt=args.fmt,
                            dtype=args.dtype, split=args.split, verify=args.verify, overwrite=args.overwrite,
-                           run_config=args.run_config)
+                           run_config=args.run_config, weights=args.weights)
     except ExportError as err:
         ap.error(str(err))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -891,6 +940,7 @@ __all__ = [
     "load_run_model",
     "load_translation_eval_data",
     "main",
+    "padding_only",
     "parse_prune",
     "plan_export",
     "regularized_names",
