@@ -19,7 +19,8 @@ ones did not exist. Meant for weights that cannot affect any output, e.g. the pa
 convolution taps of :func:`hf_soft_diamond.padding_taps.padding_only_taps`: zeroing them
 changes nothing, and counting them would let a model that already zeroed them reach a
 "pruned fraction" for free while one that left them at their initial values spends its
-budget on them.
+budget on them. The selection then runs over copies of the counted entries of each tensor
+that has excluded ones (memory: those tensors once more).
 """
 
 from __future__ import annotations
