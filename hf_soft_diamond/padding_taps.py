@@ -16,6 +16,7 @@ entries with ``|w| <= tau``, as in :mod:`hf_soft_diamond.sparsity`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -100,3 +101,37 @@ def live_sparsity(named_weights: Iterable[tuple[str, torch.Tensor]], dead: dict[
         live_total += live.numel()
         counts += _count_le(live, ascending).cpu()
     return {f"{tau:.0e}": (int(c) / live_total if live_total else 0.0) for tau, c in zip(ascending, counts)}, live_total
+
+
+#: Share of a model's weights (in :func:`warn_if_mostly_padding`) above which the warning fires.
+PADDING_ONLY_WARN_SHARE = 0.10
+
+
+def warn_if_mostly_padding(model: nn.Module, example_input: torch.Tensor,
+                           share: float = PADDING_ONLY_WARN_SHARE) -> float:
+    """Warn once (``UserWarning``) when more than ``share`` of the model's convolution and linear
+    weights are padding-only taps at the input size of ``example_input``; return that share.
+
+    Such taps cost memory and compute, no input can train them, and any prior zeroes them, so a
+    sparsity figure that counts them flatters the prior (:func:`live_sparsity` leaves them
+    out). Usually the network downsamples more than its inputs are large (e.g. a ResNet built
+    for 224x224 on 28x28 images).
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"`share` must be in [0, 1), got {share!r}")
+    dead = padding_only_taps(model, example_input)
+    weights = {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
+               if isinstance(module, (*_CONVS, nn.Linear))}
+    total = sum(w.numel() for w in weights.values())
+    n_dead = sum(int(mask.sum()) for name, mask in dead.items() if name in weights)
+    fraction = n_dead / total if total else 0.0
+    if fraction > share:
+        size = "x".join(str(d) for d in example_input.shape[2:])
+        warnings.warn(
+            f"hf_soft_diamond: {n_dead:,} of the model's {total:,} convolution and linear weights "
+            f"({100 * fraction:.1f}%) are convolution taps that only ever multiply zero padding at input "
+            f"size {size}: no input trains them, they cost memory and compute, and any prior zeroes them "
+            "(judge sparsity on the live weights, sparsity['live']). The network downsamples more than the "
+            "inputs are large: fewer stages, or larger inputs (image_size), avoid them.",
+            UserWarning, stacklevel=2)
+    return fraction

@@ -65,3 +65,24 @@ def test_live_sparsity_leaves_the_dead_taps_out():
     kept = np.array([0.5, 1e-4, 2.0, 0.0, 0.0, 3.0])  # w without its two dead entries, then b
     assert live == kept.size
     assert fractions == {"1e-08": pytest.approx((kept <= 1e-8).mean()), "1e-03": pytest.approx((kept <= 1e-3).mean())}
+
+
+def test_a_model_mostly_made_of_padding_only_taps_is_warned_about():
+    """The small ResNet at 28x28 (688,128 of its 1,226,784 conv/linear weights padding-only, counted by
+    hand above) warns with those counts; at 224x224 nothing of it is padding-only, nor of a ViT."""
+    import warnings
+
+    from hf_soft_diamond.padding_taps import warn_if_mostly_padding
+    from hf_soft_diamond.tasks.models import build_image_model
+
+    small = build_image_model("resnet", "small", num_labels=10, image_size=28, num_channels=1, seed=0)
+    with pytest.warns(UserWarning, match=r"688,128 of the model's 1,226,784 .*\(56\.1%\).*input size 28x28"):
+        assert warn_if_mostly_padding(small, torch.zeros(1, 1, 28, 28)) == pytest.approx(688128 / 1226784)
+    vit = build_image_model("vit", "tiny", num_labels=10, image_size=8, num_channels=1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_mostly_padding(small, torch.zeros(1, 1, 224, 224)) == 0.0
+        assert warn_if_mostly_padding(vit, torch.zeros(1, 1, 8, 8)) == 0.0
+        assert warn_if_mostly_padding(small, torch.zeros(1, 1, 28, 28), share=0.6) == pytest.approx(0.5609, abs=1e-4)
+    with pytest.raises(ValueError, match="`share` must be in \\[0, 1\\)"):
+        warn_if_mostly_padding(vit, torch.zeros(1, 1, 8, 8), share=1.0)

@@ -34,6 +34,7 @@ from transformers import default_data_collator
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
+from ...padding_taps import warn_if_mostly_padding
 from ...trainer import SoftDiamondTrainer
 from ...training_args import SoftDiamondTrainingArguments
 from ..data.images import (
@@ -236,6 +237,8 @@ def _run(model_args: ImageModelArguments, data_args: ImageDataArguments, trainin
         model = build_image_model(model_args.model_type, model_args.model_size, num_labels=train.num_classes,
                                   image_size=side, num_channels=channels, dropout=model_args.dropout,
                                   batch_norm=model_args.batch_norm, id2label=id2label, seed=training_args.seed)
+
+    warn_if_mostly_padding(model, torch.zeros(1, channels, side, side))
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
