@@ -320,6 +320,13 @@ def test_live_pruned_reads_the_prune_curve_of_the_live_weights(tmp_path):
         report.metric_spec("image", "live_pruned@1.2")
 
 
+def test_an_interval_of_identical_values_prints_no_negative_zero():
+    assert report._fmt_interval(stats.Interval(0.0, -1e-17, 1e-17, 3), 1) == "0.0 [0.0, 0.0]"
+    values = [0.0, 0.0003, 0.0]  # a live exact-zero share of 0-0.0003%: the lower bound is below 0
+    assert report._fmt_interval(stats.mean_interval(values), 1) == "0.0 [0.0, 0.0]"
+    assert report._fmt_interval(stats.Interval(-0.5, -1.04, 0.04, 3), 1) == "-0.5 [-1.0, 0.0]"
+
+
 def test_frontier_is_drawn_over_the_live_weights_when_every_run_records_them(tmp_path):
     runs = {("final", "a", 1): _image_run(90.0, 0.6, {0.0: 90.0, 0.9: 85.0}, {0.0: 90.0, 0.5: 89.0, 0.7: 80.0})}
     study = report.load_study(_write_study(tmp_path / "s", runs))

@@ -281,12 +281,20 @@ def evaluate_claims(study: Study, claims: Mapping[str, Any], confidence: float =
     return out
 
 
+def _fmt_number(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals; one that rounds to zero prints as 0, never -0 (a bound of
+    an interval of identical values lands a rounding error below 0)."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _fmt_interval(interval: stats.Interval | None, digits: int = 2) -> str:
     if interval is None:
         return "-"
     if math.isnan(interval.low):  # one seed: no interval (the table's seeds column says so)
-        return f"{interval.mean:.{digits}f}"
-    return f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+        return _fmt_number(interval.mean, digits)
+    return (f"{_fmt_number(interval.mean, digits)} [{_fmt_number(interval.low, digits)}, "
+            f"{_fmt_number(interval.high, digits)}]")
 
 
 def stage_table(study: Study, stage: str, task: str, confidence: float = 0.95) -> str:
