@@ -85,6 +85,16 @@ def padding_only_taps(model: nn.Module, example_input: torch.Tensor) -> dict[str
     return masks
 
 
+def padding_only_among(model: nn.Module, example_input: torch.Tensor,
+                       names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """:func:`padding_only_taps` of the weights in ``names`` (e.g. the regularized ones) that have
+    at least one padding-only tap: ``{}`` when none has, so callers can skip the work they would
+    do for them (a second prune curve, excluded entries)."""
+    wanted = set(names)
+    return {name: mask for name, mask in padding_only_taps(model, example_input).items()
+            if name in wanted and bool(mask.any())}
+
+
 def live_sparsity(named_weights: Iterable[tuple[str, torch.Tensor]], dead: dict[str, torch.Tensor],
                   thresholds: Sequence[float]) -> tuple[dict[str, float], int]:
     """Sparsity of the weights that are not padding-only: ``({f"{tau:.0e}": fraction}, live count)``.

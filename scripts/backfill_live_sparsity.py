@@ -30,32 +30,22 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from hf_soft_diamond.padding_taps import live_sparsity, padding_only_taps
+from hf_soft_diamond.padding_taps import live_sparsity, padding_only_among
 from hf_soft_diamond.regularizers import select_parameters
-from hf_soft_diamond.tasks.models import build_image_model
+from hf_soft_diamond.tasks.export import load_run_model
 from hf_soft_diamond.tasks.run.common import write_json
 from hf_soft_diamond.tasks.run.reuse import TrainedRun, evaluation_config
 
 
 def measure(run_dir: Path, results: dict) -> tuple[dict[str, float], int]:
     """Live sparsity of the run's saved weights, at the thresholds its results already use."""
-    config = json.loads((run_dir / "run_config.json").read_text())
-    channels, side, _ = results["image_shape"]
-    model = build_image_model(config.get("model_type", "resnet"), config.get("model_size", "small"),
-                              num_labels=results["num_classes"], image_size=side, num_channels=channels,
-                              dropout=results["training"]["dropout"], batch_norm=results["training"]["batch_norm"],
-                              id2label={i: str(i) for i in range(results["num_classes"])}, seed=0)
-    missing, unexpected = model.load_state_dict(load_file(run_dir / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{run_dir}: the rebuilt model does not match the saved weights "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = load_run_model(run_dir, image_shape=results["image_shape"])
     selected = select_parameters(model)
     if sum(p.numel() for _, p in selected) != results["sparsity_numel"]["regularized"]:
         raise ValueError(f"{run_dir}: the default selection is not the run's regularized set")
     thresholds = [float(t) for t in results["sparsity"]["regularized"]]
-    dead = padding_only_taps(model, torch.zeros(1, channels, side, side))
+    dead = padding_only_among(model, torch.zeros(1, *results["image_shape"]), [n for n, _ in selected])
     return live_sparsity(selected, dead, thresholds)
 
 

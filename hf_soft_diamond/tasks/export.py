@@ -115,19 +115,6 @@ def regularized_names(model: torch.nn.Module, hparams: Mapping[str, Any] | None)
     return [n for n, _ in select_parameters(model, **kwargs)]
 
 
-def padding_only(model: torch.nn.Module, image_shape: Sequence[int] | None,
-                 names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Masks of the regularized convolution taps that only ever multiply zero padding at the run's
-    input size (``image_shape`` ``[C, H, W]``; none for a model without one, e.g. a translator)."""
-    if not image_shape:
-        return {}
-    from ..padding_taps import padding_only_taps
-
-    wanted = set(names)
-    masks = padding_only_taps(model, torch.zeros(1, *[int(d) for d in image_shape]))
-    return {n: m for n, m in masks.items() if n in wanted and bool(m.any())}
-
-
 def parse_prune(value: str | float) -> str | float:
     """``"knee"`` or a fraction in ``[0, 1)``."""
     if isinstance(value, str) and value.strip().lower() == "knee":
@@ -730,6 +717,7 @@ def _library_versions() -> dict[str, str]:
 def export_run(plan: ExportPlan, *, data_overrides: Mapping[str, Any] | None = None, batch_size: int | None = None,
                log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Run a checked :class:`ExportPlan`; return the manifest (also written to ``OUT_DIR/sparse_export.json``)."""
+    from ..padding_taps import padding_only_among
     from ..pruning import prune_by_magnitude
 
     results = plan.results
@@ -757,10 +745,12 @@ def export_run(plan: ExportPlan, *, data_overrides: Mapping[str, Any] | None = N
         before = evaluate(model)
         log(f"unpruned {plan.split} {'BLEU' if task == 'translation' else 'accuracy'}: {before:.2f} "
             f"({n_examples} examples, {time.perf_counter() - t0:.1f} s)")
-    dead = padding_only(model, results.get("image_shape"), names)
+    shape = results.get("image_shape")  # a translator has none, and no convolutions
+    dead = padding_only_among(model, torch.zeros(1, *map(int, shape)), names) if shape else {}
     n_dead = sum(int(m.sum()) for m in dead.values())
     if plan.weights == "regularized" and n_dead:
-        nonzero = sum(int((dict(model.named_parameters())[n][m] != 0).sum()) for n, m in dead.items())
+        params = dict(model.named_parameters())
+        nonzero = sum(int((params[n][m] != 0).sum()) for n, m in dead.items())
         if nonzero:
             log(f"note: {nonzero:,} regularized weights are convolution taps that only ever multiply zero padding "
                 "and are not zero; `--weights live` zeroes them (no output changes) and prunes the fraction of "
@@ -940,7 +930,6 @@ __all__ = [
     "load_run_model",
     "load_translation_eval_data",
     "main",
-    "padding_only",
     "parse_prune",
     "plan_export",
     "regularized_names",

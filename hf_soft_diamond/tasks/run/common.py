@@ -413,10 +413,9 @@ def finish_run(
     params = dict(model.named_parameters())
     dead: dict[str, torch.Tensor] = {}
     if example_input is not None:
-        from ...padding_taps import live_sparsity, padding_only_taps
+        from ...padding_taps import live_sparsity, padding_only_among
 
-        dead = {n: m for n, m in padding_only_taps(model, example_input.to(next(model.parameters()).device)).items()
-                if n in regularized_names and bool(m.any())}
+        dead = padding_only_among(model, example_input.to(next(model.parameters()).device), regularized_names)
         results["sparsity"]["live"], results["sparsity_numel"]["live"] = live_sparsity(
             [(n, params[n]) for n in regularized_names if n in params], dead, thresholds)
     if evaluate_fn is not None and prune_fractions:

@@ -371,11 +371,12 @@ def frontier_series(study: Study, stage: str, task: str, live: bool = False) -> 
     from the run's own sparsity; points with f <= s only prune weights that were already tiny.
     """
     spec = metric_spec(task, TASK_METRIC[task][0])
-    group, curve_key = _SPARSITY_GROUP[live], _PRUNE_CURVE[live]
+    small = metric_spec(task, f"{'live_' if live else ''}sparsity@1e-03")
+    curve_key = _PRUNE_CURVE[live]
     out: dict[str, dict[str, Any]] = {}
     for arm, seeds in study[stage].items():
         runs = list(seeds.values())
-        sparsity = [float((r.get("sparsity") or {}).get(group, {}).get("1e-03", math.nan)) for r in runs]
+        sparsity = [small.value(task, r) / 100 for r in runs]
         metric = [spec.value(task, r) for r in runs]
         if any(math.isnan(v) for v in sparsity + metric):
             continue
