@@ -86,3 +86,18 @@ def test_a_model_mostly_made_of_padding_only_taps_is_warned_about():
         assert warn_if_mostly_padding(small, torch.zeros(1, 1, 28, 28), share=0.6) == pytest.approx(0.5609, abs=1e-4)
     with pytest.raises(ValueError, match="`share` must be in \\[0, 1\\)"):
         warn_if_mostly_padding(vit, torch.zeros(1, 1, 8, 8), share=1.0)
+
+
+def test_padding_only_among_keeps_the_named_weights_with_a_dead_tap():
+    """The 28x28 ResNet: only its last stage's two 3x3 convolutions have dead taps (the hand count
+    above); a name outside the set is left out even when dead."""
+    from hf_soft_diamond.padding_taps import padding_only_among
+    from hf_soft_diamond.tasks.models import build_image_model
+
+    model = build_image_model("resnet", "small", num_labels=10, image_size=28, num_channels=1, seed=0)
+    every = padding_only_taps(model, torch.zeros(1, 1, 28, 28))
+    with_dead = sorted(n for n, m in every.items() if m.any())
+    got = padding_only_among(model, torch.zeros(1, 1, 28, 28), list(every))
+    assert sorted(got) == with_dead and len(with_dead) == 2 < len(every)
+    assert sum(int(m.sum()) for m in got.values()) == 589824 * 8 // 9 + 294912 * 5 // 9
+    assert set(padding_only_among(model, torch.zeros(1, 1, 28, 28), with_dead[1:])) == set(with_dead[1:])
