@@ -529,7 +529,7 @@ def test_sparsest_within_counts_the_live_weights_when_every_run_records_them():
     """Two L1 points: the stronger zeroes the padding-only taps (more regularized weights small) but
     fewer live ones. Over the live weights the weaker point is the sparser; a summary where one run
     lacks the live figures falls back to all regularized weights."""
-    from hf_soft_diamond.tasks.run.compare import aggregate, expand_grid, sparsest_within
+    from hf_soft_diamond.tasks.run.compare import aggregate, expand_grid, markdown_table, sparsest_within
 
     arms = {"none": {"regularizer": "none"}, "l1": {"regularizer": "l1", "grid": {"reg_strength": [1, 2]}}}
     names = list(expand_grid(arms))
@@ -546,6 +546,16 @@ def test_sparsest_within_counts_the_live_weights_when_every_run_records_them():
     summary = aggregate(runs, "image")
     assert summary[names[0]]["live_sparsity"] == {}
     assert sparsest_within(summary, arms)["l1"]["reg_strength"] == 2  # regularized 71% beats 51%
+    # comparison.md: both columns; an arm without the live figures reads n/a there
+    table = markdown_table(summary, "image").splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    live = head.index("live ≤1e-03 (%)")
+    assert head[live - 1] == "sparsity ≤1e-03 (%)"
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in table[2:]}
+    assert cells[names[1]][live] == "42.00 ± 2.83" and cells[names[1]][live - 1] == "51.00 ± 1.41"
+    assert cells[names[0]][live] == "n/a"
+    assert "live" not in markdown_table(aggregate({n: [{"test_accuracy": 90.0, "sparsity": {
+        "regularized": {"1e-03": 0.1}}}] for n in names}, "image"), "image")
 
 
 @pytest.mark.slow

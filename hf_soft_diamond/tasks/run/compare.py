@@ -10,8 +10,9 @@ in front of each. A finished run (its ``all_results.json``
 exists) is not run again unless ``--overwrite``.
 
 Outputs in ``--output_dir``: ``comparison.md`` (mean +- std over seeds of the task
-metric, sparsity of the regularized weights at each threshold, sparsity at <= 1 point
-loss, wall time), ``comparison.json`` (every run's results and the aggregates) and
+metric, sparsity of the regularized weights at each threshold and, for runs that record
+it, of the live weights (image models: not padding-only), sparsity at <= 1 point loss,
+wall time), ``comparison.json`` (every run's results and the aggregates) and
 ``prune_curves.png`` (mean prune curve per arm).
 
 Arms file (JSON)::
@@ -219,22 +220,26 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], task: str, split: s
                    metric: str | None = None) -> str:
     """The comparison as one Markdown table (values are mean ± std over seeds): the ranking
     ``metric`` first (marked ▲ or ▼: higher or lower is better), then the task's other metrics
-    that any run reported."""
+    that any run reported, sparsity of the regularized weights per threshold and, where any arm
+    records them, of the live weights (not padding-only; "n/a" for an arm without them)."""
     metric = _check_metric(task, metric)
     where = " (validation)" if split == "validation" else ""
     others = [m for m in TASK_METRICS[task] if m != metric and any(
         not math.isnan(s.get("metrics", {}).get(m, (math.nan,))[0]) for s in summary.values())]
     label, higher = TASK_METRICS[task][metric]
     taus = sorted({t for s in summary.values() for t in s["sparsity"]}, key=float)
+    live_taus = sorted({t for s in summary.values() for t in s.get("live_sparsity") or {}}, key=float)
     head = ["arm", "runs", f"{label}{where} {'▲' if higher else '▼'}"] + [TASK_METRICS[task][m][0] for m in others]
-    head += [f"sparsity ≤{t} (%)" for t in taus] + [f"sparsity at ≤1pt {TASK_METRIC[task][1].split(' ')[0]} loss (%)",
-                                                    "wall time (s)"]
+    head += [f"sparsity ≤{t} (%)" for t in taus] + [f"live ≤{t} (%)" for t in live_taus]
+    head += [f"sparsity at ≤1pt {TASK_METRIC[task][1].split(' ')[0]} loss (%)", "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     digits = {m: 3 if m == "loss" else 2 for m in TASK_METRICS[task]}  # losses differ in the third digit
     for arm, s in summary.items():
         row = [arm, str(s["n_runs"]), _fmt(*s["metric"], digits=digits[metric])]
         row += [_fmt(*s["metrics"][m], digits=digits[m]) for m in others]
         row += [_fmt(*s["sparsity"].get(t, (float("nan"), float("nan"))), scale=100) for t in taus]
+        row += [_fmt(*(s.get("live_sparsity") or {}).get(t, (float("nan"), float("nan"))), scale=100)
+                for t in live_taus]
         row += [_fmt(*s["sparsity_at_1pt_loss"], scale=100, digits=0), _fmt(*s["wall_time_s"], digits=0)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
