@@ -11,7 +11,9 @@ Keys read from ``results`` (all optional except the task metric):
 * ``test_bleu``, ``test_bleu_signature``, ``test_chrf`` or ``test_accuracy`` (percent);
   ``eval_``-prefixed metrics are used when no ``test_`` ones exist;
 * ``sparsity``: ``{"regularized": {tau: fraction}, "all": {tau: fraction}}``, optionally
-  ``"live"`` (the regularized weights that are not padding-only convolution taps);
+  ``"live"`` (the regularized weights that are not padding-only convolution taps) with
+  ``sparsity_numel`` (weights counted per group); when every regularized weight is live the
+  card says so in one sentence instead of repeating the figures;
 * ``prune_curve``: ``[{"fraction": f, "metric": m}, ...]`` and ``sparsity_at_1pt_loss``;
   optionally ``prune_curve_live`` (fractions of the live weights);
 * ``regularizer``: the regularizer's hyperparameters (``Regularizer.hparams()``);
@@ -109,7 +111,13 @@ def render_model_card(
             metric_rows.append({"name": f"{pretty} of the starting model (`{starting_model}`)",
                                 "value": _fmt(float(results[f"before_{name}"]))})
 
-    sparsity = results.get("sparsity") or {}
+    sparsity = dict(results.get("sparsity") or {})
+    numel = results.get("sparsity_numel") or {}
+    # a model with no padding-only taps at its input size (the ViT, a convnet on large images)
+    # records live == regularized: one sentence says so instead of a second, identical row/column
+    all_live = "live" in sparsity and numel.get("live") is not None and numel.get("live") == numel.get("regularized")
+    if all_live:
+        del sparsity["live"]
     taus = sorted({tau for group in sparsity.values() for tau in group}, key=float)
     sparsity_rows = []
     for group, label in (("regularized", "regularized"), ("live", "live (regularized, not padding-only)"),
@@ -127,7 +135,8 @@ def render_model_card(
                         metric_value=round(float(sparsity[group][t]), 6)))
 
     curve = results.get("prune_curve") or []
-    live_curve = {float(p["fraction"]): float(p["metric"]) for p in results.get("prune_curve_live") or []}
+    live_curve = {float(p["fraction"]): float(p["metric"])
+                  for p in (results.get("prune_curve_live") or [] if not all_live else [])}
     prune_rows = [{"fraction": f"{100 * float(p['fraction']):.0f}%", "metric": _fmt(float(p["metric"])),
                    "live": _fmt(live_curve[float(p["fraction"])]) if float(p["fraction"]) in live_curve else "n/a"}
                   for p in curve]
@@ -173,8 +182,9 @@ def render_model_card(
         sparsity_rows=sparsity_rows,
         prune_rows=prune_rows,
         prune_live=bool(live_curve),
-        live_weights=f"{results['sparsity_numel']['live']:,} of {results['sparsity_numel']['regularized']:,}"
-        if "live" in (results.get("sparsity_numel") or {}) and "regularized" in results["sparsity_numel"] else None,
+        live_weights=f"{numel['live']:,} of {numel['regularized']:,}"
+        if "live" in sparsity and "live" in numel and "regularized" in numel else None,
+        all_live=all_live,
         sparsity_at_loss=None if at_loss is None else f"{100 * float(at_loss):.0f}%",
         prune_caveat=prune_caveat,
         plots=[{"path": str(p), "title": Path(p).stem.replace("_", " ")} for p in plots],

@@ -155,3 +155,19 @@ def test_image_card_reports_live_sparsity_and_live_prune_curve():
     assert "| 90% | 80.00 | 60.50 |" in card.text  # the live column beside the all-weights one
     plain = render_model_card({k: v for k, v in results.items() if k != "prune_curve_live"}, model_name="x")
     assert "| 90% | 80.00 |\n" in plain.text and "live weights pruned" not in plain.text
+
+
+def test_image_card_without_padding_only_taps_does_not_repeat_the_figures():
+    """A ViT records live == regularized (no padding-only taps): no second identical row or
+    prune column, and the card says every weight is live."""
+    results = {"task": "image-classification", "test_accuracy": 80.0, "regularizer": {"regularizer": "l1"},
+               "sparsity": {"regularized": {"1e-03": 0.4}, "live": {"1e-03": 0.4}, "all": {"1e-03": 0.35}},
+               "sparsity_numel": {"regularized": 1000, "live": 1000, "all": 1200},
+               "prune_curve": [{"fraction": 0.0, "metric": 80.0}, {"fraction": 0.9, "metric": 70.0}],
+               "prune_curve_live": [{"fraction": 0.0, "metric": 80.0}, {"fraction": 0.9, "metric": 70.0}]}
+    card = render_model_card(results, model_name="vit-l1")
+    assert "not padding-only" not in card.text and "live weights pruned" not in card.text
+    assert "Every regularized weight is live" in card.text
+    assert "| 90% | 70.00 |\n" in card.text and "| regularized | 40.00% |" in card.text
+    names = {r.metric_name for r in card.data.eval_results if r.metric_type == "sparsity"}
+    assert names == {"sparsity regularized |w|<=1e-03", "sparsity all |w|<=1e-03"}
