@@ -735,6 +735,36 @@ def test_compare_reuses_a_run_another_stage_recorded(tmp_path, monkeypatch):
         compare_module.compare("image", base, {"l1": arm}, [2], tmp_path / "out", record_dir=study / "sparse")
 
 
+def test_a_recorded_run_is_copied_even_when_its_weights_could_be_evaluated(tmp_path, monkeypatch):
+    """The sparse stage's seeds 2-3 of an arm whose sparse pick is its best: the final stage trained
+    and recorded that very run, and its weights are still here. Copying the record is exact and
+    free; evaluating the weights again (what the study did before) cost a run each."""
+    from hf_soft_diamond.tasks.run import compare as compare_module
+
+    base = image_config(tmp_path / "unused", max_steps=6)
+    arm = {"regularizer": "l1", "reg_strength": 1e-3}
+    study, weights = tmp_path / "study", tmp_path / "runs" / "final" / "l1" / "seed2"
+    results = {"task": "image", "test_accuracy": 81.5, "sparsity": {"regularized": {"1e-03": 0.4}}, "prune_curve": []}
+    record = study / "final" / "l1" / "seed2"
+    record.mkdir(parents=True)
+    (record / "run_config.json").write_text(json.dumps({**base, **arm, "seed": 2, "final_split": "test",
+                                                        "output_dir": str(weights)}))
+    (record / "all_results.json").write_text(json.dumps(results))
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"weights")
+    (weights / "all_results.json").write_text(json.dumps(results))
+    assert compare_module.trained_runs(study)  # the weights could be evaluated
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a recorded run was run again")
+
+    monkeypatch.setattr(compare_module.subprocess, "run", no_run)
+    payload = compare_module.compare("image", base, {"l1": arm}, [2], tmp_path / "out", record_dir=study / "sparse")
+    assert payload["runs"]["l1"][0] == results
+    assert json.loads((study / "sparse" / "l1" / "seed2" / "all_results.json").read_text()) == results
+
+
 def _tuning_record(study: Path, weights: Path, config: dict, results: dict) -> Path:
     """A finished tuning-stage run as a study records it: its record folder, and its run folder
     (``weights``) holding a saved model and the same ``all_results.json``."""

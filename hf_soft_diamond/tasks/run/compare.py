@@ -266,10 +266,13 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
                 results = json.loads(done.read_text())
                 _record(run_dir, record_dir)
                 return results
-        source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
-        if source is not None:
-            config = evaluation_config(config, source)
+        # the very run recorded by another stage is copied, even when its weights are here too
         same = (recorded or {}).get(config_key(config))
+        if same is None:
+            source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
+            if source is not None:
+                config = evaluation_config(config, source)
+                same = (recorded or {}).get(config_key(config))
         if same is not None:
             _record(same, record_dir)
             return json.loads((same / "all_results.json").read_text())
