@@ -14,14 +14,16 @@
 #
 # Resumable and committed as it goes, like scripts/study_translation_finetune.sh: weights in $OUT
 # (ignored), each run's all_results.json / run_config.json and each stage's tables in $RECORD.
+# BASE, OUT and RECORD move the whole study (BASE=my_vit.json OUT=runs/vit RECORD=docs/studies/vit ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BASE=${BASE:-configs/study_image_converged.json}  # e.g. a ViT config ("model_type": "vit") on a GPU machine
 OUT=${OUT:-runs/study_image_converged}
 RECORD=${RECORD:-docs/studies/image_converged}
 PY=${PYTHON:-python3}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 compare() { "$PY" scripts/compare_regularizers.py --task image --jobs "${JOBS:-2}" \
-    --base_config configs/study_image_converged.json "$@"; }
+    --base_config "$BASE" "$@"; }
 report() { "$PY" -m hf_soft_diamond.tasks.cli report "$RECORD" --claims configs/claims_image_converged.json; }
 
 compare --arms configs/tune_image.json --split validation --seeds 1 --output_dir "$OUT/tune" --record_dir "$RECORD/tune"

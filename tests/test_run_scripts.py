@@ -887,3 +887,19 @@ def test_compare_refuses_a_finished_run_of_another_setting_before_running_anythi
     shutil.rmtree(tmp_path / "out")
     with pytest.raises(ValueError, match="differs in prune_fractions"):
         compare_module.compare("image", base, {"l1": old}, [1], tmp_path / "out", record_dir=study / "final")
+
+
+def test_the_image_study_script_takes_another_base_config(tmp_path):
+    """BASE, OUT and RECORD move the whole 10-epoch image study (e.g. to a ViT config, a GPU
+    job): every stage gets the base config and writes under OUT / RECORD. The Python that
+    would run is replaced by `echo` at the process boundary, so the script only prints."""
+    env = {**os.environ, "PYTHON": "echo", "BASE": "configs/study_image_vit.json",
+           "OUT": str(tmp_path / "out"), "RECORD": str(tmp_path / "record")}
+    printed = subprocess.run(["bash", str(REPO / "scripts" / "study_image_converged.sh")], env=env,
+                             capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    stages = [line for line in printed if "compare_regularizers.py" in line]
+    assert len(stages) == 3
+    for line, stage in zip(stages, ("tune", "final", "sparse")):
+        assert "--base_config configs/study_image_vit.json" in line
+        assert f"--output_dir {tmp_path / 'out' / stage} --record_dir {tmp_path / 'record' / stage}" in line
+    assert "study_image_converged.json" not in "\n".join(printed)
