@@ -235,6 +235,7 @@ def test_the_recorded_study_table_repeats_the_run_files():
 @pytest.mark.parametrize("claims_file, arms_file, task", [
     ("claims_translation_finetune.json", "tune_translation_finetune.json", "translation"),
     ("claims_image_converged.json", "tune_image.json", "image"),
+    ("claims_image_converged_followup.json", "tune_image.json", "image"),
 ])
 def test_shipped_claims_name_the_studies_arms(claims_file, arms_file, task):
     """Every arm a shipped claim compares is an arm of the study's tuning grid, in a stage the study runs:
@@ -245,6 +246,9 @@ def test_shipped_claims_name_the_studies_arms(claims_file, arms_file, task):
         for ref in (x for pair in item["comparisons"] for x in pair):
             stage, arm = ref.split("/")
             assert stage in report.STAGE_ORDER and arm in arms, (claims_file, ref)
+    if claims_file.endswith("_followup.json"):  # questions asked after the study: docs/results.md runs them
+        assert claims_file in (REPO / "docs" / "results.md").read_text()
+        return
     scripts = {"translation": "study_translation_finetune.sh", "image": "study_image_converged.sh"}
     script = (REPO / "scripts" / scripts[task]).read_text()
     assert re.search(rf"report .*--claims configs/{re.escape(claims_file)}", script), "the script writes the report"
