@@ -136,7 +136,7 @@ def render_model_card(
 
     curve = results.get("prune_curve") or []
     live_curve = {float(p["fraction"]): float(p["metric"])
-                  for p in (results.get("prune_curve_live") or [] if not all_live else [])}
+                  for p in ([] if all_live else results.get("prune_curve_live") or [])}
     prune_rows = [{"fraction": f"{100 * float(p['fraction']):.0f}%", "metric": _fmt(float(p["metric"])),
                    "live": _fmt(live_curve[float(p["fraction"])]) if float(p["fraction"]) in live_curve else "n/a"}
                   for p in curve]
