@@ -829,6 +829,44 @@ def test_compare_evaluates_the_weights_another_stage_trained(tmp_path, monkeypat
     assert launched[0]["do_train"] is True
 
 
+def test_an_evaluation_stopped_before_its_training_figures_were_added_gets_them_on_resume(tmp_path, monkeypatch):
+    """The study stopped after an evaluation of the tuning stage's weights wrote its results and
+    before the training figures were added: on resume the run is not run again, and its results
+    (and record) carry the training run's figures, as an uninterrupted run's do."""
+    from hf_soft_diamond.tasks.run import compare as compare_module
+    from hf_soft_diamond.tasks.run.reuse import TrainedRun, evaluation_config
+
+    base = image_config(tmp_path / "unused", max_steps=6)
+    arm = {"regularizer": "l1", "reg_strength": 1e-3}
+    study, weights = tmp_path / "study", tmp_path / "runs" / "tune" / "l1" / "seed1"
+    tuned = {"eval_accuracy": 80.0, "train_runtime": 321.0, "train_loss": 0.7, "wall_time_s": 400.0,
+             "training": {"max_steps": 6}}
+    planned = {**base, **arm, "seed": 1, "final_split": "test"}
+    record = _tuning_record(study, weights, {**planned, "final_split": "validation"}, tuned)
+    run_dir = tmp_path / "out" / "l1" / "seed1"  # the evaluation's folder, as the stopped study left it
+    run_dir.mkdir(parents=True)
+    (run_dir / "run_config.json").write_text(json.dumps(
+        {**evaluation_config(planned, TrainedRun(record, weights)), "output_dir": str(run_dir)}))
+    evaluated = {"test_accuracy": 79.0, "train_runtime": None, "wall_time_s": 20.0, "training": {"max_steps": 0},
+                 "prune_curve": [], "sparsity": {"regularized": {"1e-03": 0.3}}}
+    (run_dir / "all_results.json").write_text(json.dumps(evaluated))
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished evaluation was run again")
+
+    monkeypatch.setattr(compare_module.subprocess, "run", no_run)
+    results = compare_module.compare("image", base, {"l1": arm}, [1], tmp_path / "out",
+                                     record_dir=study / "final")["runs"]["l1"][0]
+    assert results["test_accuracy"] == 79.0 and results["trained_in"] == str(record)
+    assert (results["train_runtime"], results["training"], results["wall_time_s"]) == (321.0, {"max_steps": 6}, 420.0)
+    assert json.loads((study / "final" / "l1" / "seed1" / "all_results.json").read_text()) == results
+    assert json.loads((run_dir / "all_results.json").read_text()) == results
+    # resuming again changes nothing (the training figures are added once)
+    again = compare_module.compare("image", base, {"l1": arm}, [1], tmp_path / "out",
+                                   record_dir=study / "final")["runs"]["l1"][0]
+    assert again == results
+
+
 @pytest.mark.slow
 def test_reused_training_scores_as_training_again(tmp_path):
     """End to end: a final stage that evaluates the tuning stage's saved weights reports the same

@@ -58,6 +58,7 @@ from typing import Any
 from .reuse import (
     RECORDED_FILES,
     RUN_CONFIG_NAME,
+    TRAINED_IN_KEY,
     TrainedRun,
     config_key,
     differing_settings,
@@ -264,6 +265,8 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
         for done in (results_path, record_dir / "all_results.json" if record_dir is not None else None):
             if done is not None and done.exists():
                 results = json.loads(done.read_text())
+                if done == results_path:
+                    results = _finish_interrupted_evaluation(results, config, run_dir, trained)
                 _record(run_dir, record_dir)
                 return results
         # the very run recorded by another stage is copied, even when its weights are here too
@@ -292,6 +295,23 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
         results = with_training_results(results, source)
     results_path.write_text(json.dumps(results, indent=2))
     _record(run_dir, record_dir)
+    return results
+
+
+def _finish_interrupted_evaluation(results: dict[str, Any], config: Mapping[str, Any], run_dir: Path,
+                                   trained: Mapping[str, TrainedRun] | None) -> dict[str, Any]:
+    """``results`` of a finished evaluation of another stage's weights, completed with that training's
+    figures (:func:`.reuse.with_training_results`) if the study was stopped after the evaluation
+    wrote them and before they were completed; otherwise ``results`` unchanged."""
+    source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
+    ran_path = run_dir / RUN_CONFIG_NAME
+    if source is None or TRAINED_IN_KEY in results or not ran_path.is_file():
+        return results
+    ran = json.loads(ran_path.read_text())
+    if ran.get("do_train") or ran.get("model_name_or_path") != str(source.weights):
+        return results
+    results = with_training_results(results, source)
+    (run_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
