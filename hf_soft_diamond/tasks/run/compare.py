@@ -260,22 +260,22 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
     copied to ``record_dir``.
     """
     results_path = run_dir / "all_results.json"
-    source = None
+    # weights another stage trained for this very model, which an evaluation can reuse
+    source = (trained or {}).get(training_key(config)) if config.get("do_train") and not overwrite else None
     if not overwrite:
         for done in (results_path, record_dir / "all_results.json" if record_dir is not None else None):
             if done is not None and done.exists():
                 results = json.loads(done.read_text())
-                if done == results_path:
-                    results = _finish_interrupted_evaluation(results, config, run_dir, trained)
+                if done == results_path and source is not None and _evaluates(run_dir, source):
+                    # the study may have stopped before the training figures were added
+                    results = _with_training_figures(results, run_dir, source)
                 _record(run_dir, record_dir)
                 return results
         # the very run recorded by another stage is copied, even when its weights are here too
         same = (recorded or {}).get(config_key(config))
-        if same is None:
-            source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
-            if source is not None:
-                config = evaluation_config(config, source)
-                same = (recorded or {}).get(config_key(config))
+        if same is None and source is not None:
+            config = evaluation_config(config, source)
+            same = (recorded or {}).get(config_key(config))
         if same is not None:
             _record(same, record_dir)
             return json.loads((same / "all_results.json").read_text())
@@ -291,24 +291,27 @@ def run_one(task: str, config: Mapping[str, Any], run_dir: Path, launcher: str =
         raise RuntimeError(f"run in {run_dir} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
     results = json.loads(results_path.read_text())
     results.setdefault("wall_time_s", time.perf_counter() - start)
-    if source is not None:
-        results = with_training_results(results, source)
     results_path.write_text(json.dumps(results, indent=2))
+    if source is not None:
+        results = _with_training_figures(results, run_dir, source)
     _record(run_dir, record_dir)
     return results
 
 
-def _finish_interrupted_evaluation(results: dict[str, Any], config: Mapping[str, Any], run_dir: Path,
-                                   trained: Mapping[str, TrainedRun] | None) -> dict[str, Any]:
-    """``results`` of a finished evaluation of another stage's weights, completed with that training's
-    figures (:func:`.reuse.with_training_results`) if the study was stopped after the evaluation
-    wrote them and before they were completed; otherwise ``results`` unchanged."""
-    source = (trained or {}).get(training_key(config)) if config.get("do_train") else None
+def _evaluates(run_dir: Path, source: TrainedRun) -> bool:
+    """Whether the run in ``run_dir`` is an evaluation-only run of ``source``'s weights."""
     ran_path = run_dir / RUN_CONFIG_NAME
-    if source is None or TRAINED_IN_KEY in results or not ran_path.is_file():
-        return results
+    if not ran_path.is_file():
+        return False
     ran = json.loads(ran_path.read_text())
-    if ran.get("do_train") or ran.get("model_name_or_path") != str(source.weights):
+    return not ran.get("do_train") and ran.get("model_name_or_path") == str(source.weights)
+
+
+def _with_training_figures(results: dict[str, Any], run_dir: Path, source: TrainedRun) -> dict[str, Any]:
+    """An evaluation-only run's ``results`` completed with ``source``'s training figures
+    (:func:`.reuse.with_training_results`) and written back to ``run_dir``; results that already
+    carry them are returned as they are (a resumed study adds them once)."""
+    if TRAINED_IN_KEY in results:
         return results
     results = with_training_results(results, source)
     (run_dir / "all_results.json").write_text(json.dumps(results, indent=2))
